@@ -1,0 +1,104 @@
+"""Shared defaults for every experiment config.
+
+Each experiment file (`configs/rin_*.py`, `configs/ncsnv2_*.py`) calls `base_config()` and then sets
+what differs. The field names below are a contract: launch scripts, `main.py` and the tests read them.
+
+    config.method            'diffusion' (Chen 2023 schedules on RIN) or 'ncsn' (NCSNv2 on RefineNet)
+    config.seed              int; the RNG of step s is fold_in(PRNGKey(seed), s)
+    config.data.*            data set, resolution, per-host pipeline options
+    config.model.*           network name and typed constructor arguments
+    config.diffusion.*       γ schedules, input scale b, prediction target, self-conditioning
+    config.ncsn.*            σ_1, σ_L, L, T, ε (NCSNv2 techniques 1, 2, 4)
+    config.optim.*           optimiser, schedule, clipping, weight decay, EMA
+    config.train.*           global batch, steps, logging / sampling / checkpoint intervals
+    config.sample.*          sampler used by --mode=sample and the training sample grids
+    config.eval.*            FID evaluation (--mode=eval / fid_stats)
+    config.sharding.*        mesh layout and parameter sharding
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the defaults every experiment starts from (locked by main.py after overrides)."""
+  config = ml_collections.ConfigDict()
+  config.method = 'diffusion'
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.name = 'digits'          # digits | cifar10 | celeb_a | imagenet2012 | lsun/church_outdoor | lsun/bedroom | image_folder
+  data.image_size = 32
+  data.num_channels = 3
+  data.num_classes = 0          # > 0: class-conditional (labels fed to the model)
+  data.split = 'train'
+  data.data_dir = ''            # TFDS data_dir ('' = TFDS default)
+  data.manual_dir = ''          # imagenet2012 / lsun manual download directory
+  data.image_folder = ''        # root of an image folder (image_folder data set)
+  data.random_flip = True
+  data.shuffle_buffer = 10_000
+  data.download = False         # never touch the network unless asked
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'rin'
+  model.dtype = 'float32'       # compute dtype; parameters stay float32
+
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.train_schedule = 'cosine'
+  diffusion.sample_schedule = 'cosine'
+  diffusion.input_scale = 1.0
+  diffusion.normalize_input = False
+  diffusion.pred_target = 'eps'  # eps | x | v
+  diffusion.self_cond_rate = 0.9
+  diffusion.label_dropout = 0.0  # > 0 enables classifier-free guidance at sampling
+
+  config.ncsn = ncsn = ml_collections.ConfigDict()
+  ncsn.sigma_max = 50.0
+  ncsn.sigma_min = 0.01
+  ncsn.num_scales = 232
+  ncsn.n_steps_each = 5
+  ncsn.step_lr = 6.2e-6
+  ncsn.denoise = True
+  ncsn.target_overlap = 0.5
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.name = 'adam'           # adam | lamb
+  optim.learning_rate = 1e-4
+  optim.warmup_steps = 0
+  optim.decay = 'constant'      # constant | cosine
+  optim.weight_decay = 0.0
+  optim.grad_clip = 1.0         # global-norm clip; 0 disables
+  optim.beta1 = 0.9
+  optim.beta2 = 0.999
+  optim.eps = 1e-8
+  optim.ema_rate = 0.9999
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 128        # global, over all devices of all hosts
+  train.num_steps = 100_000
+  train.log_every = 100
+  train.checkpoint_every = 5_000
+  train.sample_every = 10_000
+  train.max_to_keep = 3
+  train.num_sample_grid = 64    # images in the training-time PNG grid
+
+  config.sample = sample = ml_collections.ConfigDict()
+  sample.num_samples = 64
+  sample.batch_size = 64
+  sample.method = 'ddpm'        # ddpm | ddim | dpm_solver++ (diffusion); langevin (ncsn)
+  sample.num_steps = 1000
+  sample.time_difference = 0.0
+  sample.ddpm_variance = 'large'
+  sample.guidance_scale = 0.0   # classifier-free guidance weight (needs label_dropout > 0 in training)
+  sample.clip_x0 = True
+
+  config.eval = evaluation = ml_collections.ConfigDict()
+  evaluation.num_samples = 50_000
+  evaluation.batch_size = 500
+  evaluation.ref_stats = ''     # path of the reference statistics .npz ('' = workdir/fid_stats.npz)
+  evaluation.inception_weights = ''  # local default_1.pt or converted .npz ('' = cache)
+  evaluation.fid_stats_num = 50_000  # images of the data set used for reference statistics
+
+  config.sharding = sharding = ml_collections.ConfigDict()
+  sharding.fsdp = False         # shard parameters and optimiser state over the data axis
+  sharding.remat = False        # jax.checkpoint each network block
+  return config
