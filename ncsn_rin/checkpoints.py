@@ -1,0 +1,108 @@
+"""Orbax checkpointing: async save, keep the last few, restore-or-init with fallback.
+
+A checkpoint holds the whole train state (step, params, EMA params, optimiser state, RNG key). Orbax
+writes each step into a temporary directory and renames it only once complete, so a process killed
+mid-save (SIGKILL, preemption) never leaves a half-written step that `all_steps()` would list. If the
+newest complete step still fails to restore (files deleted or truncated afterwards), `restore_latest`
+falls back to the previous one with a warning that names both steps.
+"""
+
+import os
+from typing import Any, Optional, Tuple
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointShapeError(ValueError):
+  """The checkpoint on disk was written by a network of a different shape."""
+
+
+def make_manager(directory: str, *, max_to_keep: int = 3,
+                 async_save: bool = True) -> ocp.CheckpointManager:
+  """CheckpointManager over `directory` (created if needed); keeps `max_to_keep` steps."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
+      cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:
+  """Starts an (async) save of `state` at `step`; returns whether a save was started."""
+  if step in manager.all_steps():
+    return False
+  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+def _shape_mismatches(saved_meta: Any, abstract_state: Any, limit: int = 5):
+  """Lists 'path: saved shape vs expected shape' for leaves whose shapes differ."""
+  saved = {jax.tree_util.keystr(k): getattr(v, 'shape', None)
+           for k, v in jax.tree_util.tree_leaves_with_path(saved_meta)}
+  out = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
+    key = jax.tree_util.keystr(path)
+    want = tuple(getattr(leaf, 'shape', ()))
+    got = saved.get(key, 'missing')
+    if got != 'missing' and got is not None:
+      got = tuple(got)
+    if got != want:
+      out.append(f'{key}: checkpoint {got} vs model {want}')
+      if len(out) >= limit:
+        break
+  return out
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: Any):
+  """Raises CheckpointShapeError when the checkpoint's array shapes differ from the model's."""
+  try:
+    meta = manager.item_metadata(step)
+  except Exception:  # pylint: disable=broad-except
+    return  # unreadable metadata: the restore itself will report (and fall back)
+  if meta is None:
+    return
+  meta = getattr(meta, 'tree', meta)
+  mismatches = _shape_mismatches(meta, abstract_state)
+  if mismatches:
+    raise CheckpointShapeError(
+        f'checkpoint step {step} in {manager.directory} was written by a different model shape:\n  '
+        + '\n  '.join(mismatches) +
+        '\nUse a new --workdir for a new model, or restore the config that wrote it '
+        '(a copy is in the workdir as config.json).')
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+  """Restores `step` directly into the shardings of `abstract_state` (ShapeDtypeStructs)."""
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def restore_latest(manager: ocp.CheckpointManager,
+                   abstract_state: Any) -> Tuple[Optional[Any], Optional[int]]:
+  """Restores the newest restorable step, newest first; (None, None) when there is none.
+
+  A model-shape mismatch is not a corrupt checkpoint: it raises CheckpointShapeError at once.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return None, None
+  check_compatible(manager, steps[0], abstract_state)
+  failed = []
+  for step in steps:
+    try:
+      state = restore(manager, step, abstract_state)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('checkpoint step %d in %s could not be restored (%s: %s)', step,
+                      manager.directory, type(e).__name__, str(e).splitlines()[0][:200])
+      failed.append(step)
+      continue
+    if failed:
+      logging.warning('checkpoint step %s is corrupt; fell back to step %d', failed, step)
+    return state, step
+  raise RuntimeError(f'no checkpoint in {manager.directory} could be restored (tried steps '
+                     f'{steps}); move the directory aside to start from scratch.')
+
+
+def host_step(state: Any) -> int:
+  """The state's step as a Python int (one device→host transfer)."""
+  return int(np.asarray(jax.device_get(state['step'])))

@@ -1,0 +1,466 @@
+"""Continuous-time Gaussian diffusion of Chen 2023 (and pix2seq / RIN): forward process, loss, samplers.
+
+Forward process (Chen 2023, Sec. 2 / Algorithm 1), with y = b·x0 the scaled data (Sec. 3.2):
+
+    x_t = sqrt(γ) · y + sqrt(1 − γ) · ε,   t ~ U(0, 1),   γ = γ(t),   ε ~ N(0, I).
+
+Prediction targets: 'eps' (ε), 'x' (x0 in DATA units, not multiplied by b) and 'v'
+(v = sqrt(γ)·ε − sqrt(1 − γ)·y, Salimans & Ho 2022). Everything here is a pure function; the network
+enters as a callable and schedules as functions t -> γ (see `ncsn_rin.schedules`).
+
+Shapes: images / data are [B, ...]; γ and t are [B] and broadcast over the non-batch axes.
+"""
+
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncsn_rin import schedules
+
+PRED_TARGETS = ('eps', 'x', 'v')
+SAMPLE_METHODS = ('ddpm', 'ddim', 'dpm_solver++')
+DDPM_VARIANCES = ('large', 'small')
+
+
+def _check_choice(what: str, value, allowed):
+  """Raises ValueError naming `value` and the allowed choices."""
+  if value not in allowed:
+    raise ValueError(f'{what} must be one of {allowed}, got {value!r}')
+
+
+def _expand(gamma, x):
+  """Reshapes per-example γ [B] (or a scalar) to [B, 1, ..., 1] so it broadcasts against x [B, ...]."""
+  gamma = jnp.asarray(gamma, dtype=x.dtype)
+  if gamma.ndim == 0:
+    return gamma
+  return gamma.reshape(gamma.shape + (1,) * (x.ndim - gamma.ndim))
+
+
+def _is_concrete(value) -> bool:
+  """True for Python / NumPy numbers (validated eagerly); False for traced JAX values."""
+  return isinstance(value, (int, float, np.number, np.ndarray))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward process and parameterisations.
+# ----------------------------------------------------------------------------------------------------
+
+
+def add_noise(x0, gamma, noise, b=1.):
+  """Forward process x_t = sqrt(γ)·(b·x0) + sqrt(1 − γ)·ε (Chen 2023, Algorithm 1, Sec. 3.2).
+
+  Args:
+    x0: clean data [B, ...] in data units (e.g. [−1, 1]).
+    gamma: γ(t) [B].
+    noise: ε [B, ...].
+    b: input scale factor.
+
+  Returns:
+    x_t [B, ...].
+  """
+  g = _expand(gamma, x0)
+  return jnp.sqrt(g) * (b * x0) + jnp.sqrt(1. - g) * noise
+
+
+def normalize_variance(x_t, eps: float = 1e-5):
+  """Divides x_t by its per-example standard deviation (Chen 2023, Sec. 3.2, "variance normalization").
+
+  Used on the network input at training and at sampling alike: x_t / sqrt(Var(x_t) + eps), the
+  variance taken over all non-batch axes.
+
+  Args:
+    x_t: noisy state [B, ...].
+    eps: added to the variance for stability.
+
+  Returns:
+    [B, ...], each example with (nearly) unit standard deviation.
+  """
+  axes = tuple(range(1, x_t.ndim))
+  var = jnp.var(x_t, axis=axes, keepdims=True)
+  return x_t * jax.lax.rsqrt(var + eps)
+
+
+def eps_to_y(eps, x_t, gamma):
+  """Scaled-data estimate y = (x_t − sqrt(1 − γ)·ε) / sqrt(γ) (inverse of the forward process).
+
+  Args:
+    eps: ε estimate [B, ...]; x_t: [B, ...]; gamma: [B].
+
+  Returns:
+    y = b·x0 estimate [B, ...].
+  """
+  g = _expand(gamma, x_t)
+  return (x_t - jnp.sqrt(1. - g) * eps) / jnp.sqrt(g)
+
+
+def y_to_eps(y, x_t, gamma):
+  """Noise estimate ε = (x_t − sqrt(γ)·y) / sqrt(1 − γ) (inverse of the forward process).
+
+  Args:
+    y: b·x0 estimate [B, ...]; x_t: [B, ...]; gamma: [B].
+
+  Returns:
+    ε estimate [B, ...].
+  """
+  g = _expand(gamma, x_t)
+  return (x_t - jnp.sqrt(g) * y) / jnp.sqrt(1. - g)
+
+
+def pred_to_eps(pred, x_t, gamma, target: str = 'eps', b=1.):
+  """Converts a network prediction to ε for the raw x_t (Chen 2023 Sec. 2; v of Salimans & Ho 2022).
+
+  'eps': ε = pred. 'x' (x0 in data units): ε = (x_t − sqrt(γ)·b·pred) / sqrt(1 − γ).
+  'v': ε = sqrt(γ)·v + sqrt(1 − γ)·x_t.
+
+  Args:
+    pred: network output [B, ...] in the units of `target`.
+    x_t: noisy state [B, ...] (raw, not variance-normalised).
+    gamma: γ [B].
+    target: 'eps' | 'x' | 'v'.
+    b: input scale factor.
+
+  Returns:
+    ε estimate [B, ...].
+  """
+  _check_choice('pred_target', target, PRED_TARGETS)
+  if target == 'eps':
+    return pred
+  if target == 'x':
+    return y_to_eps(b * pred, x_t, gamma)
+  g = _expand(gamma, x_t)
+  return jnp.sqrt(g) * pred + jnp.sqrt(1. - g) * x_t
+
+
+def pred_to_x0(pred, x_t, gamma, target: str = 'eps', b=1.):
+  """Converts a network prediction to x0 in data units (y / b) (Chen 2023 Sec. 2; Salimans & Ho 2022).
+
+  'eps': y = (x_t − sqrt(1 − γ)·pred) / sqrt(γ). 'x': x0 = pred. 'v': y = sqrt(γ)·x_t − sqrt(1 − γ)·v.
+
+  Args:
+    pred: network output [B, ...] in the units of `target`.
+    x_t: noisy state [B, ...].
+    gamma: γ [B].
+    target: 'eps' | 'x' | 'v'.
+    b: input scale factor.
+
+  Returns:
+    x0 estimate [B, ...] in data units.
+  """
+  _check_choice('pred_target', target, PRED_TARGETS)
+  if target == 'x':
+    return pred
+  if target == 'eps':
+    return eps_to_y(pred, x_t, gamma) / b
+  g = _expand(gamma, x_t)
+  return (jnp.sqrt(g) * x_t - jnp.sqrt(1. - g) * pred) / b
+
+
+def make_target(x0, noise, gamma, target: str = 'eps', b=1.):
+  """Regression target of the training loss (Chen 2023, Algorithm 1; v of Salimans & Ho 2022).
+
+  'eps': ε. 'x': x0 (data units). 'v': sqrt(γ)·ε − sqrt(1 − γ)·b·x0.
+
+  Args:
+    x0: clean data [B, ...]; noise: ε [B, ...]; gamma: γ [B].
+    target: 'eps' | 'x' | 'v'.
+    b: input scale factor.
+
+  Returns:
+    target [B, ...].
+  """
+  _check_choice('pred_target', target, PRED_TARGETS)
+  if target == 'eps':
+    return noise
+  if target == 'x':
+    return x0
+  g = _expand(gamma, x0)
+  return jnp.sqrt(g) * noise - jnp.sqrt(1. - g) * (b * x0)
+
+
+def _net_input(x_t, normalize_input: bool):
+  """Network input: x_t, variance-normalised when `normalize_input` (Chen 2023, Sec. 3.2)."""
+  return normalize_variance(x_t) if normalize_input else x_t
+
+
+def make_eps_fn(net_fn: Callable, *, pred_target: str = 'eps', normalize_input: bool = False, b=1.):
+  """Wraps a raw network into an ε predictor for the raw noisy state (for `sample`).
+
+  Args:
+    net_fn: `net_fn(net_input, gamma, self_cond) -> (pred, self_cond_out)`; net_input [B, ...] is x_t
+      (variance-normalised when `normalize_input`), gamma [B], self_cond any pytree (e.g. RIN latents)
+      or None; pred in the units of `pred_target`.
+    pred_target: 'eps' | 'x' | 'v'.
+    normalize_input: divide x_t by its per-example std before the network (Chen 2023, Sec. 3.2).
+    b: input scale factor.
+
+  Returns:
+    `eps_fn(x_t, gamma, self_cond) -> (eps, self_cond_out)`, eps [B, ...] for the raw x_t.
+  """
+  _check_choice('pred_target', pred_target, PRED_TARGETS)
+
+  def eps_fn(x_t, gamma, self_cond=None):
+    pred, self_cond_out = net_fn(_net_input(x_t, normalize_input), gamma, self_cond)
+    return pred_to_eps(pred, x_t, gamma, pred_target, b), self_cond_out
+
+  return eps_fn
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training.
+# ----------------------------------------------------------------------------------------------------
+
+
+def drop_labels(labels, key, rate: float, null_label: int):
+  """Replaces each label by `null_label` with probability `rate` (classifier-free guidance training,
+  Ho & Salimans 2022, Algorithm 1).
+
+  Args:
+    labels: integer class ids [B].
+    key: PRNG key.
+    rate: drop probability in [0, 1].
+    null_label: id of the "no class" embedding.
+
+  Returns:
+    labels [B] with some replaced by `null_label`.
+  """
+  drop = jax.random.bernoulli(key, rate, labels.shape)
+  return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
+
+
+def _self_condition(net_fn, net_input, gamma, self_cond_init, use_self_cond):
+  """Self-conditioning state for the training pass (Chen et al. 2022 "Analog Bits", Sec. 3; RIN Sec. 3.4).
+
+  With `use_self_cond` (a scalar bool, one coin per batch) runs a first pass from `self_cond_init`
+  without gradient and returns its self_cond_out; otherwise returns `self_cond_init`. `lax.cond` makes
+  only the chosen branch run. self_cond_out must have the structure, shapes and dtypes of the init.
+  """
+  def first_pass():
+    _, self_cond_out = net_fn(net_input, gamma, self_cond_init)
+    return jax.lax.stop_gradient(self_cond_out)
+
+  return jax.lax.cond(use_self_cond, first_pass, lambda: self_cond_init)
+
+
+def diffusion_loss(net_fn: Callable, x0, key, *, gamma_fn: Callable, b=1., pred_target: str = 'eps',
+                   normalize_input: bool = False, self_cond_rate: float = 0.9,
+                   self_cond_init: Optional[Any] = None):
+  """Unweighted MSE diffusion loss of Chen 2023, Algorithm 1 (with self-conditioning of RIN, Sec. 3.4).
+
+  Randomness: `key_t, key_noise, key_sc = jax.random.split(key, 3)`;
+  t = uniform(key_t, [B]), ε = normal(key_noise, x0.shape), the self-conditioning coin is
+  uniform(key_sc, []) < self_cond_rate.
+
+  Args:
+    net_fn: `net_fn(net_input, gamma, self_cond) -> (pred, self_cond_out)`; pred [B, ...] in the units
+      of `pred_target`. Labels / label dropout are closed over by the caller (see `drop_labels`).
+    x0: clean data [B, ...] in data units.
+    key: PRNG key.
+    gamma_fn: the training schedule t -> γ.
+    b: input scale factor.
+    pred_target: 'eps' | 'x' | 'v'.
+    normalize_input: variance-normalise the network input (Chen 2023, Sec. 3.2).
+    self_cond_rate: probability of the self-conditioning first pass (one coin per batch).
+    self_cond_init: initial self-conditioning pytree (e.g. zero latents), or None to disable it
+      (net_fn then receives self_cond=None).
+
+  Returns:
+    (loss, aux): loss is the scalar mean over all elements of (pred − target)²; aux is a dict with
+    't' [B], 'gamma' [B] and 'self_cond_used' (scalar bool).
+  """
+  _check_choice('pred_target', pred_target, PRED_TARGETS)
+  if _is_concrete(b):
+    schedules.validate_input_scale(b)
+  key_t, key_noise, key_sc = jax.random.split(key, 3)
+  t = jax.random.uniform(key_t, (x0.shape[0],), dtype=x0.dtype)
+  noise = jax.random.normal(key_noise, x0.shape, dtype=x0.dtype)
+  gamma = gamma_fn(t)
+  x_t = add_noise(x0, gamma, noise, b)
+  net_input = _net_input(x_t, normalize_input)
+
+  if self_cond_init is None:
+    self_cond, use_self_cond = None, jnp.asarray(False)
+  else:
+    use_self_cond = jax.random.uniform(key_sc, ()) < self_cond_rate
+    self_cond = _self_condition(net_fn, net_input, gamma, self_cond_init, use_self_cond)
+
+  pred, _ = net_fn(net_input, gamma, self_cond)
+  target = make_target(x0, noise, gamma, pred_target, b)
+  loss = jnp.mean(jnp.square(pred - target))
+  return loss, {'t': t, 'gamma': gamma, 'self_cond_used': use_self_cond}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling.
+# ----------------------------------------------------------------------------------------------------
+
+
+def step_times(step, num_steps: int, time_difference=0.):
+  """Times of sampling step `step` (pix2seq `Scheduler.generate`; Analog Bits, Algorithm 2 / Sec. 3).
+
+  t_now = 1 − step / N is the time the model is evaluated at; the state moves to
+  t_next = max(1 − (step + 1 + td) / N, 0). With td > 0 ("asymmetric time intervals") the state is
+  thus always td / N earlier than the time the model is told, i.e. the model sees t + td / N
+  (clipped to 1 at the first step, which starts at t = 1).
+
+  Args:
+    step: integer step index in [0, N), scalar (may be traced).
+    num_steps: N.
+    time_difference: td, in units of one step.
+
+  Returns:
+    (t_now, t_next), scalars.
+  """
+  step = jnp.asarray(step, dtype=jnp.result_type(float))
+  t_now = 1. - step / num_steps
+  t_next = jnp.maximum(1. - (step + 1. + time_difference) / num_steps, 0.)
+  return t_now, t_next
+
+
+def _ddim_step(x, y, eps, g_now, g_next, key):
+  """DDIM (η = 0) update x_s = sqrt(γ_s)·y + sqrt(1 − γ_s)·ε (Song et al. 2021, Eq. 12; pix2seq)."""
+  del x, g_now, key
+  return jnp.sqrt(g_next) * y + jnp.sqrt(1. - g_next) * eps
+
+
+def _ddpm_step(x, y, eps, g_now, g_next, key, variance: str):
+  """Ancestral DDPM update from t to s < t (Ho et al. 2020, Eqs. 6-7; pix2seq `transition_step`).
+
+  α = γ_t / γ_s, β = 1 − α. Mean of q(x_s | x_t, y), written in y rather than ε (equal to Ho et al.
+  Eq. 11 for y = (x_t − sqrt(1 − γ_t) ε) / sqrt(γ_t), but stable as γ_t -> 0):
+      μ = sqrt(γ_s)·β / (1 − γ_t) · y + sqrt(α)·(1 − γ_s) / (1 − γ_t) · x_t.
+  Variance 'large' = β, 'small' = (1 − γ_s) / (1 − γ_t) · β (the posterior variance).
+  """
+  del eps
+  alpha = jnp.clip(g_now / g_next, 0., 1.)
+  beta = 1. - alpha
+  mean = (jnp.sqrt(g_next) * beta / (1. - g_now) * y
+          + jnp.sqrt(alpha) * (1. - g_next) / (1. - g_now) * x)
+  var = beta if variance == 'large' else (1. - g_next) / (1. - g_now) * beta
+  return mean + jnp.sqrt(var) * jax.random.normal(key, x.shape, x.dtype)
+
+
+def _dpm_solver_pp_step(x, y, y_prev, g_now, g_next, lam_prev, is_first):
+  """Multistep DPM-Solver++(2M) in data-prediction form (Lu et al. 2022, Algorithm 2 / Eq. 9).
+
+  With α = sqrt(γ), σ = sqrt(1 − γ), λ = log(α / σ), h = λ_next − λ_now, r = h_prev / h:
+      D = (1 + 1/(2r))·y − 1/(2r)·y_prev          (first-order D = y at the first and last step)
+      x_next = (σ_next / σ_now)·x − α_next·(e^(−h) − 1)·D
+             = (σ_next / σ_now)·x + (α_next − σ_next·α_now / σ_now)·D.
+  The last step (γ_next = 1, λ_next = ∞) is first-order and lands on x_next = y.
+
+  Args:
+    x: state [B, ...]; y, y_prev: scaled data predictions at t_now and at the previous step.
+    g_now, g_next: γ at the model time and at the next time (scalars).
+    lam_prev: λ of the previous model evaluation (scalar).
+    is_first: scalar bool, True at the first step.
+
+  Returns:
+    (x_next, lam_now).
+  """
+  a_now, s_now = jnp.sqrt(g_now), jnp.sqrt(1. - g_now)
+  a_next, s_next = jnp.sqrt(g_next), jnp.sqrt(1. - g_next)
+  lam_now = 0.5 * schedules.logsnr(g_now)
+  lam_next = 0.5 * schedules.logsnr(g_next)
+  h_prev = lam_now - lam_prev
+  second_order = (~is_first) & jnp.isfinite(lam_next) & (h_prev > 0)
+  h = jnp.where(second_order, lam_next - lam_now, 1.)
+  coef = jnp.where(second_order, h / (2. * jnp.where(second_order, h_prev, 1.)), 0.)  # 1 / (2r)
+  d = (1. + coef) * y - coef * y_prev
+  x_next = (s_next / s_now) * x + (a_next - s_next * a_now / s_now) * d
+  return x_next, lam_now
+
+
+def _validate_sample_args(method, ddpm_variance, num_steps, b, time_difference):
+  """Eager checks of `sample`'s static arguments; each ValueError names the value and allowed ones."""
+  _check_choice('sample method', method, SAMPLE_METHODS)
+  _check_choice('ddpm_variance', ddpm_variance, DDPM_VARIANCES)
+  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+    raise ValueError(f'num_steps must be a Python int >= 1, got {num_steps!r}')
+  if _is_concrete(b):
+    schedules.validate_input_scale(b)
+  if _is_concrete(time_difference) and not (math.isfinite(float(time_difference))
+                                            and float(time_difference) >= 0):
+    raise ValueError(f'time_difference must be a finite number >= 0 (in units of one step), '
+                     f'got {time_difference!r}; use 0.0 (none) or e.g. 0.5')
+
+
+def sample(denoise_fn: Callable, shape, key, *, gamma_fn: Callable, num_steps: int,
+           method: str = 'ddpm', b=1., time_difference=0., clip_x0: bool = True,
+           ddpm_variance: str = 'large', self_cond_init: Optional[Any] = None):
+  """Generates data by reverse diffusion from t = 1 to t = 0 (Chen 2023, Algorithm 2; pix2seq).
+
+  Time grid: step i = 0..N−1 evaluates the model at t_now = 1 − i/N and moves the state to
+  t_next = max(1 − (i + 1 + td)/N, 0) (see `step_times`). Starts from x_1 ~ N(0, I). At each step
+  y = (x − sqrt(1 − γ)·ε) / sqrt(γ) is clipped to [−b, b] when `clip_x0` (and ε recomputed from the
+  clipped y, pix2seq `truncate_noise`), then:
+
+  * 'ddpm': ancestral sampling (Ho et al. 2020), variance 'large' β_t = 1 − γ_t/γ_s or 'small'
+    (the posterior variance);
+  * 'ddim': deterministic DDIM, η = 0 (Song et al. 2021);
+  * 'dpm_solver++': multistep second-order DPM-Solver++(2M) in data-prediction form (Lu et al. 2022),
+    first-order at the first and last step; meant for 20–50 steps.
+
+  The whole loop is one `lax.scan`: under `jax.jit` with `denoise_fn`, `shape`, `num_steps`, `method`
+  (and `gamma_fn`, `clip_x0`, `ddpm_variance`) static, denoise_fn is traced once.
+
+  Classifier-free guidance is the caller's business: denoise_fn may evaluate the conditional and
+  unconditional branches and return (1 + w)·ε_cond − w·ε_uncond; the self_cond pytree can hold the
+  state of both branches. Nothing in this function is guidance-specific.
+
+  Args:
+    denoise_fn: if `self_cond_init` is None, `denoise_fn(x_t, gamma) -> eps`; otherwise
+      `denoise_fn(x_t, gamma, self_cond) -> (eps, self_cond)`. x_t is the raw noisy state of shape
+      `shape`, gamma has shape [B] (B = shape[0]); eps is the ε prediction for x_t (see `make_eps_fn`).
+      The returned self_cond must keep the structure, shapes and dtypes of `self_cond_init`.
+    shape: output shape [B, ...].
+    key: PRNG key.
+    gamma_fn: the sampling schedule t -> γ (may differ from the training one).
+    num_steps: N >= 1.
+    method: 'ddpm' | 'ddim' | 'dpm_solver++'.
+    b: input scale factor used in training.
+    time_difference: pix2seq's td >= 0, in units of one step.
+    clip_x0: clip intermediate y to [−b, b] and the result to [−1, 1].
+    ddpm_variance: 'large' | 'small' (ddpm only).
+    self_cond_init: initial self-conditioning pytree carried across steps, or None.
+
+  Returns:
+    The final x0 estimate (the last y-prediction divided by b) of shape `shape`, in data units.
+  """
+  _validate_sample_args(method, ddpm_variance, num_steps, b, time_difference)
+  shape = tuple(shape)
+  key_init, key_loop = jax.random.split(key)
+  x_init = jax.random.normal(key_init, shape)
+  batch = shape[0]
+
+  def predict(x, g_vec, self_cond):
+    if self_cond_init is None:
+      return denoise_fn(x, g_vec), None
+    return denoise_fn(x, g_vec, self_cond)
+
+  def body(carry, step):
+    x, self_cond, y_prev, lam_prev = carry
+    t_now, t_next = step_times(step, num_steps, time_difference)
+    g_now = gamma_fn(t_now).astype(x.dtype)
+    g_next = gamma_fn(t_next).astype(x.dtype)
+    eps, self_cond = predict(x, jnp.full((batch,), g_now), self_cond)
+    y = eps_to_y(eps, x, g_now)
+    if clip_x0:
+      y_clipped = jnp.clip(y, -b, b)
+      eps = jnp.where(y_clipped == y, eps, y_to_eps(y_clipped, x, g_now))
+      y = y_clipped
+    step_key = jax.random.fold_in(key_loop, step)
+    if method == 'ddim':
+      x, lam = _ddim_step(x, y, eps, g_now, g_next, step_key), lam_prev
+    elif method == 'ddpm':
+      x, lam = _ddpm_step(x, y, eps, g_now, g_next, step_key, ddpm_variance), lam_prev
+    else:
+      x, lam = _dpm_solver_pp_step(x, y, y_prev, g_now, g_next, lam_prev, step == 0)
+    return (x, self_cond, y, lam), None
+
+  carry = (x_init, self_cond_init, jnp.zeros(shape, x_init.dtype), jnp.zeros((), x_init.dtype))
+  (_, _, y_last, _), _ = jax.lax.scan(body, carry, jnp.arange(num_steps))
+  x0 = y_last / b
+  return jnp.clip(x0, -1., 1.) if clip_x0 else x0

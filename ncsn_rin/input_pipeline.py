@@ -1,0 +1,610 @@
+"""Per-host input pipelines: uint8 image batches whose order depends only on (seed, step).
+
+Every batch is a dict of NumPy arrays local to this host:
+
+    'image'  uint8 [B_local, H, W, C]   values 0..255 (the train step converts on device)
+    'label'  int32 [B_local]            class id; zeros when the data set has no labels
+    'mask'   bool  [B_local]            eval iterator only: False marks padding
+
+with B_local = global batch / process_count, H = W = config.data.image_size and
+C = config.data.num_channels. `global_batch` turns a local batch into global `jax.Array`s.
+
+Data sets (config.data.name):
+
+    digits               scikit-learn's load_digits() (1,797 real 8x8 handwritten digits, labels
+                         0..9), embedded, no download. Values 0..16 -> 0..255, bilinear upsampling to
+                         image_size, replicated to num_channels. Ignores random_flip (a mirrored
+                         digit is not a digit).
+    cifar10              TFDS; resized only when image_size != 32.
+    celeb_a              TFDS; center crop 140x140 of the 218x178 image, then resize (NCSNv2).
+    imagenet2012         TFDS from the manual tars in config.data.manual_dir; center crop of the
+                         largest central square, bicubic antialiased resize, labels (1000 classes).
+    lsun/church_outdoor  TFDS; center square crop + resize; no labels.
+    lsun/bedroom         TFDS; center square crop + resize; no labels.
+    image_folder         config.data.image_folder in the tfds.ImageFolder layout
+                         root/<split>/<label>/*.{png,jpg,jpeg} (labels = sorted label folders), or a
+                         flat folder root/*.{png,jpg,jpeg} (labels 0). Center square crop + resize.
+
+Determinism and resumption: the batch of step s depends only on (config, seed, s, process
+index/count), so `make_train_iterator(config, start_step=s)` yields exactly what an iterator
+started at 0 yields at step s.
+
+* In-memory / file-list data sets (digits, image_folder) are "indexed": step s of epoch
+  e = s // steps_per_epoch reads the global slice [offset*B, (offset+1)*B) of a NumPy permutation
+  seeded by (seed, e); host p takes rows [p*B_local, (p+1)*B_local) of it. Resuming costs nothing
+  and the global batch content does not depend on the number of hosts.
+* TFDS data sets: host p reads its own share `tfds.split_for_jax_process(split,
+  drop_remainder=True)` (equal sizes, so every host has the same steps per epoch). Each epoch is a
+  fresh, deterministic tf.data pipeline: files shuffled with ReadConfig(shuffle_seed=seed_e),
+  `.shuffle(shuffle_buffer, seed=seed_e)`, where seed_e depends on (seed, e). Images stay encoded
+  until after `.skip()`, so resuming in the middle of an epoch skips raw records (still a linear
+  read; a warning is logged). There is a short refill stall at each epoch boundary.
+* Random flips are stateless, seeded by (seed_e, position in epoch), so they are resumable too.
+
+Every batch is full (the remainder of each epoch is dropped). The eval iterator pads its last
+batches instead and marks the real rows with 'mask'.
+"""
+
+import functools
+import logging
+import os
+from typing import Callable, Dict, Iterator, NamedTuple, Optional, Tuple
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+try:  # The pipeline runs on the host CPU; never let TF grab accelerator memory.
+  tf.config.set_visible_devices([], 'GPU')
+except (RuntimeError, ValueError):  # Already initialised, or no GPU build.
+  pass
+
+Batch = Dict[str, np.ndarray]
+
+TFDS_NAMES = ('cifar10', 'celeb_a', 'imagenet2012', 'lsun/church_outdoor', 'lsun/bedroom')
+DATASET_NAMES = ('digits',) + TFDS_NAMES + ('image_folder',)
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+
+# NCSNv2 (ermongroup/ncsnv2 datasets/__init__.py): CenterCrop(140) of the 218x178 CelebA image.
+CELEBA_CROP = 140
+_TFDS_NUM_CLASSES = {'cifar10': 10, 'imagenet2012': 1000}
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and seeds.
+
+
+def _validate(config, process_index: int, process_count: int) -> int:
+  """Checks the data config; returns the local (per-host) train batch size."""
+  data = config.data
+  if data.name not in DATASET_NAMES:
+    raise ValueError(f'Unknown data set config.data.name={data.name!r}; allowed: '
+                     f'{", ".join(DATASET_NAMES)}.')
+  _validate_image(config)
+  return _local_batch(config.train.batch_size, process_index, process_count,
+                      'config.train.batch_size')
+
+
+def _validate_image(config):
+  """Checks image_size, num_channels and shuffle_buffer."""
+  data = config.data
+  if int(data.image_size) < 1:
+    raise ValueError(f'config.data.image_size must be >= 1, got {data.image_size}.')
+  if data.num_channels not in (1, 3):
+    raise ValueError(f'config.data.num_channels must be 1 or 3, got {data.num_channels}.')
+  if int(data.shuffle_buffer) < 1:
+    raise ValueError(f'config.data.shuffle_buffer must be >= 1, got {data.shuffle_buffer}.')
+
+
+def _local_batch(batch_size: int, process_index: int, process_count: int, what: str) -> int:
+  """Returns batch_size // process_count after checking it divides evenly."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'Invalid process_index={process_index} / process_count={process_count}.')
+  if batch_size < 1:
+    raise ValueError(f'{what} must be >= 1, got {batch_size}.')
+  if batch_size % process_count:
+    raise ValueError(
+        f'{what}={batch_size} is not divisible by the number of processes (hosts) '
+        f'{process_count}; set {what} to a multiple of {process_count}, e.g. '
+        f'--config.{what.removeprefix("config.")}={-(-batch_size // process_count) * process_count}.')
+  return batch_size // process_count
+
+
+def _processes(process_index: Optional[int], process_count: Optional[int]) -> Tuple[int, int]:
+  """Defaults to this JAX process."""
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  return int(process_index), int(process_count)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+  """A 31-bit seed that depends only on (seed, epoch); stable across NumPy versions."""
+  state = np.random.SeedSequence([int(seed) % 2**63, int(epoch)]).generate_state(1)[0]
+  return int(state) & 0x7FFFFFFF
+
+
+def _epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """Permutation of range(num_examples), int64 [num_examples], seeded by (seed, epoch)."""
+  return np.random.default_rng(_epoch_seed(seed, epoch)).permutation(num_examples)
+
+
+def _steps_per_epoch(num_examples: int, batch_size: int, what: str) -> int:
+  """Full batches per epoch; errors when the data set is smaller than one batch."""
+  steps = num_examples // batch_size
+  if steps < 1:
+    raise ValueError(f'{what}: {num_examples} examples cannot fill one batch of {batch_size}; '
+                     'lower config.train.batch_size or use a larger data set.')
+  return steps
+
+
+# ----------------------------------------------------------------------------------------------
+# Image preprocessing (tf, one example at a time).
+
+
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+  """float [H, W, C] in 0..255 (possibly overshooting) -> uint8."""
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def _resize(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
+  """uint8 [h, w, C] -> uint8 [size, size, C]; antialiased when downsampling."""
+  if image.shape[0] == size and image.shape[1] == size:
+    return image
+  resized = tf.image.resize(tf.cast(image, tf.float32), (size, size), method=method,
+                            antialias=True)
+  return _to_uint8(resized)
+
+
+def _center_square(image: tf.Tensor) -> tf.Tensor:
+  """[h, w, C] -> [s, s, C], the largest central square, s = min(h, w)."""
+  shape = tf.shape(image)
+  side = tf.minimum(shape[0], shape[1])
+  top = (shape[0] - side) // 2
+  left = (shape[1] - side) // 2
+  return tf.image.crop_to_bounding_box(image, top, left, side, side)
+
+
+def _celeba_crop(image: tf.Tensor) -> tf.Tensor:
+  """[218, 178, C] -> [140, 140, C] central crop (torchvision CenterCrop rounding)."""
+  shape = tf.shape(image)
+  top = tf.cast(tf.round((shape[0] - CELEBA_CROP) / 2), tf.int32)
+  left = tf.cast(tf.round((shape[1] - CELEBA_CROP) / 2), tf.int32)
+  return tf.image.crop_to_bounding_box(image, top, left, CELEBA_CROP, CELEBA_CROP)
+
+
+def _match_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+  """uint8 [H, W, c] -> uint8 [H, W, channels] (grey replicated, or RGB -> luma)."""
+  have = image.shape[-1]
+  if have == channels:
+    return image
+  if have == 1:
+    return tf.tile(image, [1, 1, channels])
+  if have == 3 and channels == 1:
+    grey = tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
+    return _to_uint8(grey)
+  raise ValueError(f'Cannot convert {have} image channels to {channels}.')
+
+
+def _image_fn(name: str, size: int) -> Callable[[tf.Tensor], tf.Tensor]:
+  """Per-data-set geometry: uint8 [h, w, c] -> uint8 [size, size, c]."""
+  if name == 'digits':
+    return lambda image: _resize(image, size, 'bilinear')
+  if name == 'cifar10':
+    return lambda image: _resize(image, size, 'bilinear')
+  if name == 'celeb_a':
+    return lambda image: _resize(_celeba_crop(image), size, 'bilinear')
+  return lambda image: _resize(_center_square(image), size, 'bicubic')
+
+
+def _maybe_flip(image: tf.Tensor, flip_seed: tf.Tensor, random_flip: bool) -> tf.Tensor:
+  """Stateless random horizontal flip of [H, W, C]; flip_seed int64 [2]."""
+  if not random_flip:
+    return image
+  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
+def _finish(config, image: tf.Tensor, label: tf.Tensor, flip_seed: tf.Tensor,
+            random_flip: bool) -> Dict[str, tf.Tensor]:
+  """Geometry, channels, flip, fixed shape; returns {'image': uint8, 'label': int32}."""
+  size, channels = int(config.data.image_size), int(config.data.num_channels)
+  image = _image_fn(config.data.name, size)(image)
+  image = _match_channels(image, channels)
+  image = _maybe_flip(image, flip_seed, random_flip)
+  image = tf.ensure_shape(image, (size, size, channels))
+  return {'image': image, 'label': tf.cast(label, tf.int32)}
+
+
+def _dataset_options() -> tf.data.Options:
+  """Deterministic tf.data options."""
+  options = tf.data.Options()
+  options.deterministic = True
+  return options
+
+
+# ----------------------------------------------------------------------------------------------
+# Indexed sources: digits (in memory) and image folders (file list).
+
+
+class _IndexedSource(NamedTuple):
+  """A data set addressable by example index.
+
+  load: int64 scalar index -> (uint8 image [h, w, c], int label scalar).
+  """
+  num_examples: int
+  num_classes: int
+  load: Callable[[tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]
+  random_flip: bool
+
+
+@functools.lru_cache(maxsize=1)
+def load_digits_uint8() -> Tuple[np.ndarray, np.ndarray]:
+  """scikit-learn digits: (uint8 images [1797, 8, 8, 1] in 0..255, int32 labels [1797])."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+  return images[..., None], digits.target.astype(np.int32)
+
+
+def _digits_source(config) -> _IndexedSource:
+  """The embedded digits data set (random_flip ignored)."""
+  images, labels = load_digits_uint8()
+  if config.data.random_flip:
+    logging.info('digits: ignoring config.data.random_flip (mirrored digits are not digits).')
+  images_t, labels_t = tf.constant(images), tf.constant(labels)
+
+  def load(index):
+    return tf.gather(images_t, index), tf.gather(labels_t, index)
+
+  return _IndexedSource(len(images), 10, load, random_flip=False)
+
+
+def _list_images(folder: str):
+  """Sorted image paths directly inside folder."""
+  names = sorted(tf.io.gfile.listdir(folder))
+  return [os.path.join(folder, n) for n in names
+          if n.lower().endswith(IMAGE_EXTENSIONS) and not tf.io.gfile.isdir(os.path.join(folder, n))]
+
+
+def _image_folder_help(root: str) -> str:
+  return (f'Expected config.data.image_folder={root!r} to be either root/<split>/<label>/*.png '
+          '(tfds.ImageFolder layout, e.g. root/train/cat/001.png; labels = sorted label folder '
+          f'names) or a flat folder of images root/*.png; extensions {IMAGE_EXTENSIONS}.')
+
+
+def _image_folder_examples(config):
+  """(paths list, labels int32 [N], num_classes) for config.data.image_folder / split."""
+  root = os.path.expanduser(config.data.image_folder)
+  split = config.data.split
+  if not root or not tf.io.gfile.isdir(root):
+    raise FileNotFoundError(f'image_folder: folder {root!r} not found. ' + _image_folder_help(root))
+  if tf.io.gfile.isdir(os.path.join(root, split)):
+    builder = tfds.ImageFolder(root)
+    if split not in builder.info.splits:
+      raise FileNotFoundError(f'image_folder: split {split!r} has no images in label subfolders. '
+                              + _image_folder_help(root))
+    label_feature = builder.info.features['label']
+    # tfds 4.9 ImageFolder keeps its (deterministically ordered) file list in _split_examples.
+    examples = builder._split_examples[split]  # pylint: disable=protected-access
+    paths = [e.image_path for e in examples]
+    labels = np.array([label_feature.str2int(e.label) for e in examples], np.int32)
+    return paths, labels, label_feature.num_classes
+  paths = _list_images(root)
+  if not paths:
+    raise FileNotFoundError(f'image_folder: no split folder {split!r} and no images in {root!r}. '
+                            + _image_folder_help(root))
+  return paths, np.zeros(len(paths), np.int32), 0
+
+
+def _image_folder_source(config) -> _IndexedSource:
+  """An image folder as an indexed source of decoded RGB images."""
+  paths, labels, num_classes = _image_folder_examples(config)
+  paths_t, labels_t = tf.constant(paths), tf.constant(labels)
+
+  def load(index):
+    data = tf.io.read_file(tf.gather(paths_t, index))
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return image, tf.gather(labels_t, index)
+
+  return _IndexedSource(len(paths), num_classes, load, bool(config.data.random_flip))
+
+
+def _indexed_source(config) -> _IndexedSource:
+  if config.data.name == 'digits':
+    return _digits_source(config)
+  return _image_folder_source(config)
+
+
+def train_indices(num_examples: int, global_batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Example indices of the global batch of `step`, int64 [global_batch_size] (indexed sources)."""
+  steps = _steps_per_epoch(num_examples, global_batch_size, 'train_indices')
+  epoch, offset = divmod(step, steps)
+  perm = _epoch_permutation(num_examples, seed, epoch)
+  return perm[offset * global_batch_size:(offset + 1) * global_batch_size]
+
+
+def _indexed_train_plan(num_examples: int, global_bs: int, local_bs: int, seed: int,
+                        start_step: int, process_index: int):
+  """Yields (indices int64 [local_bs], flip seeds int64 [local_bs, 2]) for each step."""
+  steps = _steps_per_epoch(num_examples, global_bs, 'train')
+  epoch, offset = divmod(start_step, steps)
+  while True:
+    perm, epoch_seed = _epoch_permutation(num_examples, seed, epoch), _epoch_seed(seed, epoch)
+    for o in range(offset, steps):
+      start = o * global_bs + process_index * local_bs
+      positions = np.arange(start, start + local_bs, dtype=np.int64)
+      seeds = np.stack([np.full_like(positions, epoch_seed), positions], axis=1)
+      yield perm[start:start + local_bs].astype(np.int64), seeds
+    epoch, offset = epoch + 1, 0
+
+
+def _indexed_dataset(config, source: _IndexedSource, plan, local_bs: int,
+                     random_flip: bool) -> tf.data.Dataset:
+  """tf.data pipeline over a plan of (indices [local_bs], flip seeds [local_bs, 2])."""
+  spec = (tf.TensorSpec([local_bs], tf.int64), tf.TensorSpec([local_bs, 2], tf.int64))
+  ds = tf.data.Dataset.from_generator(lambda: plan, output_signature=spec).unbatch()
+
+  def element(index, flip_seed):
+    image, label = source.load(index)
+    return _finish(config, image, label, flip_seed, random_flip)
+
+  ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local_bs, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_dataset_options())
+
+
+# ----------------------------------------------------------------------------------------------
+# TFDS sources.
+
+
+def _prepare_hint(name: str, builder, config) -> str:
+  """How to prepare a missing TFDS data set."""
+  data_dir = config.data.data_dir or os.path.dirname(os.path.dirname(builder.data_dir))
+  dd = f", data_dir='{config.data.data_dir}'" if config.data.data_dir else ''
+  if name == 'imagenet2012':
+    manual = config.data.manual_dir or '<manual_dir>'
+    return (f"Put the manual download files ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+            f"(from https://image-net.org/download-images) in config.data.manual_dir "
+            f"(now {config.data.manual_dir!r}), then run: python -c \"import tensorflow_datasets "
+            f"as tfds; tfds.builder('imagenet2012'{dd}).download_and_prepare(download_config="
+            f"tfds.download.DownloadConfig(manual_dir='{manual}'))\" or pass "
+            f"--config.data.download=True --config.data.manual_dir={manual}. "
+            f'TFDS data_dir: {data_dir}.')
+  return (f"Prepare it once (needs network): python -c \"import tensorflow_datasets as tfds; "
+          f"tfds.builder('{name}'{dd}).download_and_prepare()\", or pass "
+          f'--config.data.download=True (downloads into {data_dir}); or point '
+          '--config.data.data_dir at a directory that already holds it.')
+
+
+def _tfds_builder(config):
+  """A prepared TFDS builder for config.data.name; fails fast when the data set is missing."""
+  name, data = config.data.name, config.data
+  builder = tfds.builder(name, data_dir=data.data_dir or None)
+  if builder.is_prepared():
+    return builder
+  if data.download:
+    logging.info('Downloading and preparing %s into %s.', name, builder.data_dir)
+    manual = os.path.expanduser(data.manual_dir) if data.manual_dir else None
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    return builder
+  raise FileNotFoundError(
+      f'TFDS data set {name!r} is not prepared: looked for {builder.data_dir} '
+      f'(config.data.data_dir={data.data_dir!r}). ' + _prepare_hint(name, builder, config))
+
+
+def _tfds_label(name: str, example) -> tf.Tensor:
+  """int32 label scalar; zero for data sets without labels."""
+  if name in _TFDS_NUM_CLASSES:
+    return tf.cast(example['label'], tf.int32)
+  return tf.zeros([], tf.int32)
+
+
+def _tfds_split_size(builder, split) -> int:
+  return int(builder.info.splits[split].num_examples)
+
+
+def _decode_fn(config, builder, random_flip: bool):
+  """(epoch seed, position, raw example) -> {'image', 'label'}."""
+  image_feature = builder.info.features['image']
+  name = config.data.name
+
+  def decode(epoch_seed, position, example):
+    image = image_feature.decode_example(example['image'])
+    flip_seed = tf.stack([tf.cast(epoch_seed, tf.int64), position])
+    return _finish(config, image, _tfds_label(name, example), flip_seed, random_flip)
+
+  return decode
+
+
+def _tfds_epoch(config, builder, split, epoch: int, skip_batches: int, steps: int,
+                local_bs: int) -> tf.data.Dataset:
+  """One epoch of local batches: steps - skip_batches full batches."""
+  seed_e = _epoch_seed(config.seed, epoch)
+  read_config = tfds.ReadConfig(shuffle_seed=seed_e, options=_dataset_options(),
+                                shuffle_reshuffle_each_iteration=False)
+  ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  ds = ds.shuffle(int(config.data.shuffle_buffer), seed=seed_e, reshuffle_each_iteration=False)
+  ds = ds.take(steps * local_bs).enumerate()
+  if skip_batches:
+    logging.warning('Resuming %s mid-epoch: skipping %d examples of epoch %d; this may take a '
+                    'while.', config.data.name, skip_batches * local_bs, epoch)
+    ds = ds.skip(skip_batches * local_bs)
+  decode = _decode_fn(config, builder, bool(config.data.random_flip))
+  ds = ds.map(lambda pos, ex: decode(seed_e, pos, ex), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  ds = ds.batch(local_bs, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_dataset_options())
+
+
+def _tfds_train_batches(config, start_step: int, process_index: int, process_count: int,
+                        local_bs: int) -> Iterator[Batch]:
+  """Endless local batches from this host's share of a TFDS split (errors raised eagerly)."""
+  builder = _tfds_builder(config)
+  split = tfds.split_for_jax_process(config.data.split, process_index=process_index,
+                                     process_count=process_count, drop_remainder=True)
+  steps = _steps_per_epoch(_tfds_split_size(builder, split), local_bs,
+                           f'{config.data.name} host share {split}')
+
+  def batches():
+    epoch, offset = divmod(start_step, steps)
+    while True:
+      yield from _tfds_epoch(config, builder, split, epoch, offset, steps,
+                             local_bs).as_numpy_iterator()
+      epoch, offset = epoch + 1, 0
+
+  return batches()
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+
+
+def dataset_info(config) -> Tuple[int, int]:
+  """(num_examples of config.data.split, num_classes; 0 when unlabelled), without reading data."""
+  name = config.data.name
+  if name not in DATASET_NAMES:
+    raise ValueError(f'Unknown data set config.data.name={name!r}; allowed: '
+                     f'{", ".join(DATASET_NAMES)}.')
+  if name == 'digits':
+    return len(load_digits_uint8()[1]), 10
+  if name == 'image_folder':
+    paths, _, num_classes = _image_folder_examples(config)
+    return len(paths), num_classes
+  builder = _tfds_builder(config)
+  return _tfds_split_size(builder, config.data.split), _TFDS_NUM_CLASSES.get(name, 0)
+
+
+def make_train_iterator(config, *, start_step: int = 0, process_index: Optional[int] = None,
+                        process_count: Optional[int] = None) -> Iterator[Batch]:
+  """Endless local training batches for steps start_step, start_step + 1, ...
+
+  Each batch: {'image': uint8 [B/P, H, W, C], 'label': int32 [B/P]} with B =
+  config.train.batch_size (global) and P = process_count. The batch of step s does not depend on
+  start_step.
+  """
+  process_index, process_count = _processes(process_index, process_count)
+  local_bs = _validate(config, process_index, process_count)
+  if start_step < 0:
+    raise ValueError(f'start_step must be >= 0, got {start_step}.')
+  if config.data.name in TFDS_NAMES:
+    return _tfds_train_batches(config, start_step, process_index, process_count, local_bs)
+  source = _indexed_source(config)
+  plan = _indexed_train_plan(source.num_examples, int(config.train.batch_size), local_bs,
+                             int(config.seed), start_step, process_index)
+  ds = _indexed_dataset(config, source, plan, local_bs, source.random_flip)
+  return ds.as_numpy_iterator()
+
+
+def _host_range(num_examples: int, process_index: int, process_count: int) -> Tuple[int, int]:
+  """[start, end) of this host's contiguous share of range(num_examples)."""
+  return (num_examples * process_index // process_count,
+          num_examples * (process_index + 1) // process_count)
+
+
+def _pad(batch: Batch, size: int) -> Batch:
+  """Pads every array of batch to `size` rows with zeros; adds 'mask' bool [size]."""
+  n = len(batch['label'])
+  out = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)])
+         for k, v in batch.items()}
+  out['mask'] = np.arange(size) < n
+  return out
+
+
+def _padded_batches(batches: Iterator[Batch], num_batches: int, local_bs: int,
+                    empty: Batch) -> Iterator[Batch]:
+  """Exactly num_batches batches of local_bs rows (padding at the end, 'mask' marks real rows)."""
+  count = 0
+  for batch in batches:
+    yield _pad(batch, local_bs)
+    count += 1
+  for _ in range(count, num_batches):
+    yield _pad(empty, local_bs)
+
+
+def _eval_examples(config, start: int, end: int, local_bs: int) -> tf.data.Dataset:
+  """Unshuffled, unflipped examples [start, end) of config.data.split, batched (last partial)."""
+  no_flip = tf.zeros([2], tf.int64)
+  if config.data.name in TFDS_NAMES:
+    builder = _tfds_builder(config)
+    read_config = tfds.ReadConfig(options=_dataset_options())
+    ds = builder.as_dataset(split=f'{config.data.split}[{start}:{end}]', shuffle_files=False,
+                            read_config=read_config,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+    decode = _decode_fn(config, builder, random_flip=False)
+    ds = ds.take(end - start).map(lambda ex: decode(0, tf.constant(0, tf.int64), ex),
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  else:
+    source = _indexed_source(config)
+
+    def element(index):
+      image, label = source.load(index)
+      return _finish(config, image, label, no_flip, random_flip=False)
+
+    ds = tf.data.Dataset.range(start, end).map(element, num_parallel_calls=tf.data.AUTOTUNE,
+                                               deterministic=True)
+  ds = ds.batch(local_bs).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_dataset_options())
+
+
+def make_eval_iterator(config, *, num_examples: int, batch_size: int,
+                       process_index: Optional[int] = None,
+                       process_count: Optional[int] = None) -> Iterator[Batch]:
+  """The first num_examples images of config.data.split, in order, no shuffle, no flip.
+
+  batch_size is global (divisible by process_count); host p reads the contiguous range
+  [N*p//P, N*(p+1)//P). Every host yields the same number of batches, each {'image': uint8
+  [b, H, W, C], 'label': int32 [b], 'mask': bool [b]} with b = batch_size // P; the last batches
+  are zero-padded and mask is False on padding rows (fixed shapes: no recompilation).
+  """
+  process_index, process_count = _processes(process_index, process_count)
+  if config.data.name not in DATASET_NAMES:
+    raise ValueError(f'Unknown data set config.data.name={config.data.name!r}; allowed: '
+                     f'{", ".join(DATASET_NAMES)}.')
+  _validate_image(config)
+  local_bs = _local_batch(batch_size, process_index, process_count, 'batch_size')
+  available, _ = dataset_info(config)
+  if not 0 < num_examples <= available:
+    raise ValueError(f'num_examples={num_examples} must be in [1, {available}] '
+                     f'(size of {config.data.name} split {config.data.split!r}).')
+  start, end = _host_range(num_examples, process_index, process_count)
+  most = -(-num_examples // process_count)
+  num_batches = -(-most // local_bs)
+  size, channels = int(config.data.image_size), int(config.data.num_channels)
+  empty = {'image': np.zeros((0, size, size, channels), np.uint8),
+           'label': np.zeros((0,), np.int32)}
+  batches = _eval_examples(config, start, end, local_bs).as_numpy_iterator() if end > start else ()
+  return _padded_batches(iter(batches), num_batches, local_bs, empty)
+
+
+def _batch_sharding(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+  """The batch-axis part of a NamedSharding, valid for arrays of any rank >= 1."""
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    spec = sharding.spec
+    first = spec[0] if len(spec) else None
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(first))
+  return sharding
+
+
+def global_batch(local_batch: Batch, sharding: jax.sharding.Sharding) -> Dict[str, jax.Array]:
+  """Local arrays [B/P, ...] of every host -> global jax.Arrays [B, ...] sharded on the batch axis.
+
+  sharding: typically NamedSharding(mesh, PartitionSpec('data')); only its first (batch) axis is
+  used, so images [B, H, W, C] and labels [B] share one sharding argument.
+  """
+  return {k: jax.make_array_from_process_local_data(_batch_sharding(sharding), np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def sharded_batches(local_iter: Iterator[Batch],
+                    sharding: jax.sharding.Sharding) -> Iterator[Dict[str, jax.Array]]:
+  """Maps global_batch over an iterator of local batches."""
+  for batch in local_iter:
+    yield global_batch(batch, sharding)
+
+
+__all__ = ['DATASET_NAMES', 'dataset_info', 'make_train_iterator', 'make_eval_iterator',
+           'global_batch', 'sharded_batches', 'train_indices', 'load_digits_uint8']

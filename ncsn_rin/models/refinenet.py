@@ -1,0 +1,152 @@
+"""NCSNv2 score networks (Song & Ermon 2020, "Improved Techniques for Training Score-Based
+Generative Models"): RefineNet with InstanceNorm++, ELU and pre-activation residual blocks.
+
+Three depths, as in ermongroup/ncsnv2 `models/ncsnv2.py`:
+  * `NCSNv2`        — 32–64 px (CIFAR-10, CelebA 64). Stage widths [1, 2, 2, 2]·ngf, dilations
+                      [-, -, 2, 4]: one real down-sampling (x1/2), since a 'down' block with
+                      dilation keeps the resolution.
+  * `NCSNv2Deeper`  — 96–128 px (LSUN church 96, bedroom/tower 128). Widths [1, 2, 2, 4, 4],
+                      dilations [-, -, -, 2, 4]: x1/4.
+  * `NCSNv2Deepest` — 256 px (FFHQ). Widths [1, 2, 2, 2, 4, 4], dilations [-, -, -, -, 2, 4]: x1/8.
+
+Each stage is two `ResidualBlock`s; a `RefineBlock` chain goes from the deepest stage back up.
+Technique 3 of the paper: the network is unconditional and its output is divided by σ,
+s_θ(x, σ) = f_θ(x) / σ. Data in [0, 1] is mapped to 2x − 1 inside the network unless
+`data_centered` (the official `if not logit_transform and not rescaled: h = 2x − 1`).
+
+Shapes: x [B, H, W, C] (H, W divisible by 2^(#non-dilated down stages)), sigma [B]
+-> score [B, H, W, C] float32.
+
+Parameter counts (ngf=128, C=3; conv nets, so independent of the image size): NCSNv2 29,694,083
+(29.69M), NCSNv2Deeper 83,445,379 (83.45M), NCSNv2Deepest 94,132,611 (94.13M) — the figures of
+the NCSNv2 paper. tests/test_refinenet.py also re-derives them layer by layer from the official
+PyTorch constructors (nn.Conv2d weights + biases, InstanceNorm2dPlus α, γ, β), and they agree
+exactly.
+"""
+
+from typing import Any, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ncsn_rin.models.layers import Conv2d, InstanceNormPlus, RefineBlock, ResidualBlock
+
+Dtype = Any
+
+# One stage: (residual-stage name, paired refine-block name, channel multiplier, first block
+# resamples 'down', dilation or None). Names follow the official attributes (res31 / refine31 in
+# the deepest model) so that converted checkpoints map one to one.
+Stage = Tuple[str, str, int, bool, Any]
+
+
+class _RefineNetBase(nn.Module):
+  """Shared NCSNv2 body; subclasses only fix `stages`.
+
+  begin_conv(3×3) → stages of 2 ResidualBlocks → RefineBlocks from the deepest stage up, each
+  fusing its stage's features with the refined features from below → InstanceNorm++ → ELU →
+  end_conv(3×3) → / σ.
+  """
+  ngf: int = 128
+  num_channels: int = 3
+  data_centered: bool = False
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  stages: Sequence[Stage] = ()  # fixed by subclasses
+
+  @nn.compact
+  def __call__(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
+    if x.ndim != 4 or x.shape[-1] != self.num_channels:
+      raise ValueError(f'x must be [B, H, W, {self.num_channels}] (NHWC), got {x.shape}.')
+    if sigma.shape != x.shape[:1]:
+      raise ValueError(f'sigma must have shape [B]={x.shape[:1]}, got {sigma.shape}.')
+    res_cls = nn.remat(ResidualBlock) if self.remat else ResidualBlock
+    refine_cls = nn.remat(RefineBlock) if self.remat else RefineBlock
+
+    h = x.astype(jnp.float32)
+    if not self.data_centered:
+      h = 2. * h - 1.
+    h = Conv2d(self.ngf, 3, dtype=self.dtype, name='begin_conv')(h)
+
+    # Encoder: two residual blocks per stage.
+    layers = []
+    for k, (res_name, _, mult, down, dilation) in enumerate(self.stages):
+      feats = mult * self.ngf
+      h = res_cls(feats, resample='down' if down else None, dilation=dilation, dtype=self.dtype,
+                  name=f'{res_name}_0')(h)
+      h = res_cls(feats, resample=None, dilation=dilation, dtype=self.dtype,
+                  name=f'{res_name}_1')(h)
+      layers.append(h)
+
+    # Decoder: the refine block at stage k outputs the channel count of stage k−1.
+    ref = None
+    for k in reversed(range(len(self.stages))):
+      _, refine_name, _, _, _ = self.stages[k]
+      feats = self.stages[max(k - 1, 0)][2] * self.ngf
+      xs = (layers[k],) if ref is None else (layers[k], ref)
+      ref = refine_cls(feats, end=(k == 0), dtype=self.dtype, name=refine_name)(xs)
+
+    h = nn.elu(InstanceNormPlus(dtype=self.dtype, name='normalizer')(ref))
+    h = Conv2d(self.num_channels, 3, dtype=self.dtype, name='end_conv')(h)
+    return h.astype(jnp.float32) / sigma.astype(jnp.float32)[:, None, None, None]
+
+
+class NCSNv2(_RefineNetBase):
+  """NCSNv2 for 32–64 px images (official `NCSNv2`; 29.69M parameters at ngf=128).
+
+  `NCSNv2(ngf=128, num_channels=3, data_centered=False, remat=False, dtype=jnp.float32)`;
+  `__call__(x [B, H, W, C], sigma [B]) -> [B, H, W, C]` = f(x) / σ.
+  """
+  stages: Sequence[Stage] = (
+      ('res1', 'refine4', 1, False, None),
+      ('res2', 'refine3', 2, True, None),
+      ('res3', 'refine2', 2, True, 2),
+      ('res4', 'refine1', 2, True, 4),
+  )
+
+
+class NCSNv2Deeper(_RefineNetBase):
+  """NCSNv2 for 96–128 px images (official `NCSNv2Deeper`; 83.45M parameters at ngf=128)."""
+  stages: Sequence[Stage] = (
+      ('res1', 'refine5', 1, False, None),
+      ('res2', 'refine4', 2, True, None),
+      ('res3', 'refine3', 2, True, None),
+      ('res4', 'refine2', 4, True, 2),
+      ('res5', 'refine1', 4, True, 4),
+  )
+
+
+class NCSNv2Deepest(_RefineNetBase):
+  """NCSNv2 for 256 px images (official `NCSNv2Deepest`; 94.13M parameters at ngf=128)."""
+  stages: Sequence[Stage] = (
+      ('res1', 'refine5', 1, False, None),
+      ('res2', 'refine4', 2, True, None),
+      ('res3', 'refine3', 2, True, None),
+      ('res31', 'refine31', 2, True, None),
+      ('res4', 'refine2', 4, True, 2),
+      ('res5', 'refine1', 4, True, 4),
+  )
+
+
+REFINENETS = {
+    'ncsnv2': NCSNv2,
+    'ncsnv2_deeper': NCSNv2Deeper,
+    'ncsnv2_deepest': NCSNv2Deepest,
+}
+
+
+def refinenet_from_name(name: str, **kwargs) -> _RefineNetBase:
+  """'ncsnv2' | 'ncsnv2_deeper' | 'ncsnv2_deepest' -> the module built with `kwargs`."""
+  if name not in REFINENETS:
+    raise ValueError(f'unknown RefineNet variant {name!r}; allowed: {sorted(REFINENETS)}.')
+  return REFINENETS[name](**kwargs)
+
+
+def default_refinenet_for_size(image_size: int) -> str:
+  """The official choice by resolution: ≤64 px 'ncsnv2', ≤128 px 'ncsnv2_deeper', else deepest."""
+  if image_size <= 64:
+    return 'ncsnv2'
+  if image_size <= 128:
+    return 'ncsnv2_deeper'
+  return 'ncsnv2_deepest'

@@ -1,0 +1,157 @@
+"""Process set-up shared by every mode: multi-host init, early validation, the workdir.
+
+Everything here runs before any compilation or data loading, so bad input fails in seconds with a
+message that names the value, the allowed range and the fix.
+"""
+
+import json
+import os
+import time
+from typing import Optional
+
+from absl import logging
+import jax
+import ml_collections
+
+METHODS = ('diffusion', 'ncsn')
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-host
+# ----------------------------------------------------------------------------------------------
+
+def _in_slurm_multiprocess() -> bool:
+  return int(os.environ.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_PROCID' in os.environ
+
+
+def _on_tpu_pod() -> bool:
+  return 'TPU_WORKER_HOSTNAMES' in os.environ and ',' in os.environ['TPU_WORKER_HOSTNAMES']
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None):
+  """Calls `jax.distributed.initialize()` when this is one process of several.
+
+  Explicit flags win; then JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; then JAX's
+  own auto-detection on TPU pods and under SLURM. A single process does nothing.
+  """
+  coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if num_processes is None and 'JAX_NUM_PROCESSES' in os.environ:
+    num_processes = int(os.environ['JAX_NUM_PROCESSES'])
+  if process_id is None and 'JAX_PROCESS_ID' in os.environ:
+    process_id = int(os.environ['JAX_PROCESS_ID'])
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise ValueError(f'coordinator_address={coordinator_address!r} needs --num_processes and '
+                       '--process_id (or JAX_NUM_PROCESSES / JAX_PROCESS_ID).')
+    if num_processes > 1:
+      jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif _on_tpu_pod() or _in_slurm_multiprocess():
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info('process %d of %d; %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+# ----------------------------------------------------------------------------------------------
+# Early validation
+# ----------------------------------------------------------------------------------------------
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise ValueError(message)
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Cheap checks of every value that would otherwise fail late (after compiling or loading)."""
+  from ncsn_rin import noise_scales  # pylint: disable=g-import-not-at-top
+  from ncsn_rin import schedules  # pylint: disable=g-import-not-at-top
+  _require(config.method in METHODS,
+           f'config.method={config.method!r}; allowed: {METHODS}.')
+  d, t = config.data, config.train
+  _require(d.image_size >= 8, f'config.data.image_size={d.image_size} must be >= 8.')
+  _require(d.num_channels in (1, 3), f'config.data.num_channels={d.num_channels}; allowed: 1, 3.')
+  _require(d.num_classes >= 0, f'config.data.num_classes={d.num_classes} must be >= 0 '
+           '(0 = unconditional).')
+  for name in ('batch_size', 'num_steps', 'log_every', 'checkpoint_every'):
+    value = t[name]
+    _require(value >= 1, f'config.train.{name}={value} must be >= 1.')
+  _require(config.sample.num_samples >= 1,
+           f'config.sample.num_samples={config.sample.num_samples} must be >= 1.')
+  if config.model.name == 'rin':
+    _require(d.image_size % config.model.patch_size == 0,
+             f'config.data.image_size={d.image_size} is not divisible by config.model.patch_size='
+             f'{config.model.patch_size}; pick a patch size that divides the image size.')
+  if config.method == 'diffusion':
+    schedules.get_gamma_fn(config.diffusion.train_schedule)
+    schedules.get_gamma_fn(config.diffusion.sample_schedule)
+    schedules.validate_input_scale(config.diffusion.input_scale)
+    _require(config.diffusion.pred_target in ('eps', 'x', 'v'),
+             f"config.diffusion.pred_target={config.diffusion.pred_target!r}; allowed: 'eps', 'x', 'v'.")
+    _require(0. <= config.diffusion.self_cond_rate <= 1.,
+             f'config.diffusion.self_cond_rate={config.diffusion.self_cond_rate} must be in [0, 1].')
+  else:
+    n = config.ncsn
+    noise_scales.validate_ncsn_hyperparameters(n.sigma_max, n.sigma_min, n.num_scales,
+                                               n.n_steps_each, n.step_lr)
+  from ncsn_rin import sampling  # pylint: disable=g-import-not-at-top
+  sampling.check_sampler(config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Workdir
+# ----------------------------------------------------------------------------------------------
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict):
+  """Creates `workdir`, checks it is writable and keeps a copy of the resolved config.
+
+  An existing config.json that differs is kept as config.<time>.json — nothing is overwritten.
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f'--workdir={workdir!r} is not writable ({e.strerror}); pass a directory '
+                          'you can write to, e.g. --workdir=$HOME/runs/NAME.') from e
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, 'config.json')
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
+    os.replace(path, os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json'))
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
+  """Validates, prepares the workdir and runs one mode."""
+  validate_config(config)
+  prepare_workdir(workdir, config)
+  if mode == 'train':
+    from ncsn_rin import train  # pylint: disable=g-import-not-at-top
+    result = train.train_and_evaluate(config, workdir)
+  elif mode == 'sample':
+    from ncsn_rin import evaluation  # pylint: disable=g-import-not-at-top
+    result = evaluation.sample_to_workdir(config, workdir)
+  elif mode == 'eval':
+    from ncsn_rin import evaluation  # pylint: disable=g-import-not-at-top
+    result = evaluation.evaluate_fid(config, workdir)
+  elif mode == 'fid_stats':
+    from ncsn_rin import evaluation  # pylint: disable=g-import-not-at-top
+    result = evaluation.compute_reference_statistics(config, workdir)
+  elif mode == 'tune_noise':
+    from ncsn_rin import evaluation  # pylint: disable=g-import-not-at-top
+    result = evaluation.tune_noise(config, workdir)
+  else:
+    raise ValueError(f'--mode={mode!r}; allowed: train, sample, eval, fid_stats, tune_noise.')
+  logging.info('%s finished: %s', mode, json.dumps(result, default=str))
+  return result
