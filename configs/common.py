@@ -102,3 +102,89 @@ def base_config() -> ml_collections.ConfigDict:
   sharding.fsdp = False         # shard parameters and optimiser state over the data axis
   sharding.remat = False        # jax.checkpoint each network block
   return config
+
+
+def set_rin_model(config: ml_collections.ConfigDict, *, patch_size: int, num_blocks: int,
+                  num_layers_per_block: int, num_latents: int, latent_dim: int, tape_dim: int,
+                  latent_heads: int = 16, rw_heads: int = 16, latent_mlp_ratio: int = 4,
+                  tape_mlp_ratio: int = 4, dropout: float = 0., drop_path: float = 0.,
+                  time_scale: float = 1000., self_cond: bool = True, dtype: str = 'float32'):
+  """Fills config.model with the RIN constructor arguments (see ncsn_rin/models/rin.py)."""
+  m = config.model
+  m.name = 'rin'
+  m.dtype = dtype
+  m.patch_size = patch_size
+  m.num_blocks = num_blocks
+  m.num_layers_per_block = num_layers_per_block
+  m.num_latents = num_latents
+  m.latent_dim = latent_dim
+  m.tape_dim = tape_dim
+  m.latent_heads = latent_heads
+  m.rw_heads = rw_heads
+  m.latent_mlp_ratio = latent_mlp_ratio
+  m.tape_mlp_ratio = tape_mlp_ratio
+  m.dropout = dropout
+  m.drop_path = drop_path
+  m.time_scale = time_scale
+  m.self_cond = self_cond
+
+
+def set_refinenet_model(config: ml_collections.ConfigDict, *, variant: str, ngf: int = 128,
+                        dtype: str = 'float32'):
+  """Fills config.model for NCSNv2 RefineNets ('ncsnv2', 'ncsnv2_deeper', 'ncsnv2_deepest')."""
+  m = config.model
+  m.name = 'refinenet'
+  m.dtype = dtype
+  m.variant = variant
+  m.ngf = ngf
+
+
+def imagenet_rin_config(*, image_size: int, patch_size: int, num_blocks: int,
+                        num_layers_per_block: int, num_latents: int, latent_dim: int,
+                        tape_dim: int, input_scale: float, normalize_input: bool,
+                        train_schedule: str = 'linear', batch_size: int = 1024,
+                        learning_rate: float = 1e-3, num_steps: int = 1_000_000):
+  """Class-conditional pixel-space ImageNet RIN (Chen 2023 Sec. 4): LAMB, EMA 0.9999, DDPM."""
+  config = base_config()
+  config.method = 'diffusion'
+  config.data.name = 'imagenet2012'
+  config.data.image_size = image_size
+  config.data.num_channels = 3
+  config.data.num_classes = 1000
+  config.data.random_flip = True
+  set_rin_model(config, patch_size=patch_size, num_blocks=num_blocks,
+                num_layers_per_block=num_layers_per_block, num_latents=num_latents,
+                latent_dim=latent_dim, tape_dim=tape_dim, dtype='bfloat16')
+  d = config.diffusion
+  d.train_schedule = train_schedule
+  d.sample_schedule = 'cosine'
+  d.input_scale = input_scale
+  d.normalize_input = normalize_input
+  d.pred_target = 'eps'
+  d.self_cond_rate = 0.9
+  d.label_dropout = 0.0
+  o = config.optim
+  o.name = 'lamb'
+  o.learning_rate = learning_rate
+  o.warmup_steps = 10_000
+  o.decay = 'cosine'
+  o.weight_decay = 1e-2
+  o.beta2 = 0.999
+  o.grad_clip = 1.0
+  o.ema_rate = 0.9999
+  t = config.train
+  t.batch_size = batch_size
+  t.num_steps = num_steps
+  t.log_every = 100
+  t.checkpoint_every = 5_000
+  t.sample_every = 20_000
+  s = config.sample
+  s.method = 'ddpm'
+  s.num_steps = 1000
+  s.batch_size = 256
+  config.eval.num_samples = 50_000
+  config.eval.batch_size = 500
+  config.eval.fid_stats_num = 50_000
+  config.sharding.fsdp = image_size >= 256
+  config.sharding.remat = image_size >= 512
+  return config

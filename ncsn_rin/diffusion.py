@@ -1,4 +1,4 @@
-"""Continuous-time Gaussian diffusion of Chen 2023 (and pix2seq / RIN): forward process, loss, samplers.
+"""Continuous-time Gaussian diffusion of Chen 2023 (pix2seq / RIN): forward process, loss, samplers.
 
 Forward process (Chen 2023, Sec. 2 / Algorithm 1), with y = b·x0 the scaled data (Sec. 3.2):
 
@@ -32,7 +32,7 @@ def _check_choice(what: str, value, allowed):
 
 
 def _expand(gamma, x):
-  """Reshapes per-example γ [B] (or a scalar) to [B, 1, ..., 1] so it broadcasts against x [B, ...]."""
+  """Reshapes per-example γ [B] (or a scalar) to [B, 1, ..., 1] to broadcast against x [B, ...]."""
   gamma = jnp.asarray(gamma, dtype=x.dtype)
   if gamma.ndim == 0:
     return gamma
@@ -44,9 +44,9 @@ def _is_concrete(value) -> bool:
   return isinstance(value, (int, float, np.number, np.ndarray))
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Forward process and parameterisations.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def add_noise(x0, gamma, noise, b=1.):
@@ -66,7 +66,7 @@ def add_noise(x0, gamma, noise, b=1.):
 
 
 def normalize_variance(x_t, eps: float = 1e-5):
-  """Divides x_t by its per-example standard deviation (Chen 2023, Sec. 3.2, "variance normalization").
+  """Divides x_t by its per-example std (Chen 2023, Sec. 3.2, variance normalization).
 
   Used on the network input at training and at sampling alike: x_t / sqrt(Var(x_t) + eps), the
   variance taken over all non-batch axes.
@@ -135,9 +135,10 @@ def pred_to_eps(pred, x_t, gamma, target: str = 'eps', b=1.):
 
 
 def pred_to_x0(pred, x_t, gamma, target: str = 'eps', b=1.):
-  """Converts a network prediction to x0 in data units (y / b) (Chen 2023 Sec. 2; Salimans & Ho 2022).
+  """Converts a network prediction to x0 = y / b, data units (Chen 2023 Sec. 2; Salimans & Ho 2022).
 
-  'eps': y = (x_t − sqrt(1 − γ)·pred) / sqrt(γ). 'x': x0 = pred. 'v': y = sqrt(γ)·x_t − sqrt(1 − γ)·v.
+  'eps': y = (x_t − sqrt(1 − γ)·pred) / sqrt(γ). 'x': x0 = pred.
+  'v': y = sqrt(γ)·x_t − sqrt(1 − γ)·v.
 
   Args:
     pred: network output [B, ...] in the units of `target`.
@@ -189,15 +190,16 @@ def make_eps_fn(net_fn: Callable, *, pred_target: str = 'eps', normalize_input: 
   """Wraps a raw network into an ε predictor for the raw noisy state (for `sample`).
 
   Args:
-    net_fn: `net_fn(net_input, gamma, self_cond) -> (pred, self_cond_out)`; net_input [B, ...] is x_t
-      (variance-normalised when `normalize_input`), gamma [B], self_cond any pytree (e.g. RIN latents)
-      or None; pred in the units of `pred_target`.
+    net_fn: `net_fn(net_input, gamma, self_cond) -> (pred, self_cond_out)`; net_input [B, ...] is
+      x_t (variance-normalised when `normalize_input`), gamma [B], self_cond any pytree (e.g. RIN
+      latents) or None; pred in the units of `pred_target`.
     pred_target: 'eps' | 'x' | 'v'.
     normalize_input: divide x_t by its per-example std before the network (Chen 2023, Sec. 3.2).
     b: input scale factor.
 
   Returns:
-    `eps_fn(x_t, gamma, self_cond) -> (eps, self_cond_out)`, eps [B, ...] for the raw x_t.
+    `eps_fn(x_t, gamma, self_cond) -> (eps, self_cond_out)`, eps [B, ...] for the raw x_t. For
+    `sample` without self-conditioning use `lambda x, g: eps_fn(x, g, None)[0]`.
   """
   _check_choice('pred_target', pred_target, PRED_TARGETS)
 
@@ -208,9 +210,9 @@ def make_eps_fn(net_fn: Callable, *, pred_target: str = 'eps', normalize_input: 
   return eps_fn
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def drop_labels(labels, key, rate: float, null_label: int):
@@ -231,11 +233,12 @@ def drop_labels(labels, key, rate: float, null_label: int):
 
 
 def _self_condition(net_fn, net_input, gamma, self_cond_init, use_self_cond):
-  """Self-conditioning state for the training pass (Chen et al. 2022 "Analog Bits", Sec. 3; RIN Sec. 3.4).
+  """Self-conditioning state for the training pass (Analog Bits, Chen et al. 2022, Sec. 3; RIN 3.4).
 
   With `use_self_cond` (a scalar bool, one coin per batch) runs a first pass from `self_cond_init`
-  without gradient and returns its self_cond_out; otherwise returns `self_cond_init`. `lax.cond` makes
-  only the chosen branch run. self_cond_out must have the structure, shapes and dtypes of the init.
+  without gradient and returns its self_cond_out; otherwise returns `self_cond_init`. `lax.cond`
+  makes only the chosen branch run. self_cond_out must have the structure, shapes and dtypes of the
+  init.
   """
   def first_pass():
     _, self_cond_out = net_fn(net_input, gamma, self_cond_init)
@@ -247,15 +250,16 @@ def _self_condition(net_fn, net_input, gamma, self_cond_init, use_self_cond):
 def diffusion_loss(net_fn: Callable, x0, key, *, gamma_fn: Callable, b=1., pred_target: str = 'eps',
                    normalize_input: bool = False, self_cond_rate: float = 0.9,
                    self_cond_init: Optional[Any] = None):
-  """Unweighted MSE diffusion loss of Chen 2023, Algorithm 1 (with self-conditioning of RIN, Sec. 3.4).
+  """Unweighted MSE diffusion loss of Chen 2023, Algorithm 1 (self-conditioning: RIN, Sec. 3.4).
 
   Randomness: `key_t, key_noise, key_sc = jax.random.split(key, 3)`;
   t = uniform(key_t, [B]), ε = normal(key_noise, x0.shape), the self-conditioning coin is
   uniform(key_sc, []) < self_cond_rate.
 
   Args:
-    net_fn: `net_fn(net_input, gamma, self_cond) -> (pred, self_cond_out)`; pred [B, ...] in the units
-      of `pred_target`. Labels / label dropout are closed over by the caller (see `drop_labels`).
+    net_fn: `net_fn(net_input, gamma, self_cond) -> (pred, self_cond_out)`; pred [B, ...] in the
+      units of `pred_target`. Labels / label dropout are closed over by the caller (see
+      `drop_labels`).
     x0: clean data [B, ...] in data units.
     key: PRNG key.
     gamma_fn: the training schedule t -> γ.
@@ -292,13 +296,13 @@ def diffusion_loss(net_fn: Callable, x0, key, *, gamma_fn: Callable, b=1., pred_
   return loss, {'t': t, 'gamma': gamma, 'self_cond_used': use_self_cond}
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Sampling.
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def step_times(step, num_steps: int, time_difference=0.):
-  """Times of sampling step `step` (pix2seq `Scheduler.generate`; Analog Bits, Algorithm 2 / Sec. 3).
+  """Times of sampling step `step` (pix2seq `Scheduler.generate`; Analog Bits, Algorithm 2).
 
   t_now = 1 − step / N is the time the model is evaluated at; the state moves to
   t_next = max(1 − (step + 1 + td) / N, 0). With td > 0 ("asymmetric time intervals") the state is
@@ -374,7 +378,7 @@ def _dpm_solver_pp_step(x, y, y_prev, g_now, g_next, lam_prev, is_first):
 
 
 def _validate_sample_args(method, ddpm_variance, num_steps, b, time_difference):
-  """Eager checks of `sample`'s static arguments; each ValueError names the value and allowed ones."""
+  """Eager checks of `sample`'s static arguments; each ValueError names the value and choices."""
   _check_choice('sample method', method, SAMPLE_METHODS)
   _check_choice('ddpm_variance', ddpm_variance, DDPM_VARIANCES)
   if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
@@ -400,11 +404,11 @@ def sample(denoise_fn: Callable, shape, key, *, gamma_fn: Callable, num_steps: i
   * 'ddpm': ancestral sampling (Ho et al. 2020), variance 'large' β_t = 1 − γ_t/γ_s or 'small'
     (the posterior variance);
   * 'ddim': deterministic DDIM, η = 0 (Song et al. 2021);
-  * 'dpm_solver++': multistep second-order DPM-Solver++(2M) in data-prediction form (Lu et al. 2022),
-    first-order at the first and last step; meant for 20–50 steps.
+  * 'dpm_solver++': multistep second-order DPM-Solver++(2M) in data-prediction form (Lu et al.
+    2022), first-order at the first and last step; meant for 20–50 steps.
 
-  The whole loop is one `lax.scan`: under `jax.jit` with `denoise_fn`, `shape`, `num_steps`, `method`
-  (and `gamma_fn`, `clip_x0`, `ddpm_variance`) static, denoise_fn is traced once.
+  The whole loop is one `lax.scan`: under `jax.jit` with `denoise_fn`, `shape`, `num_steps`,
+  `method` (and `gamma_fn`, `clip_x0`, `ddpm_variance`) static, denoise_fn is traced once.
 
   Classifier-free guidance is the caller's business: denoise_fn may evaluate the conditional and
   unconditional branches and return (1 + w)·ε_cond − w·ε_uncond; the self_cond pytree can hold the
@@ -413,7 +417,8 @@ def sample(denoise_fn: Callable, shape, key, *, gamma_fn: Callable, num_steps: i
   Args:
     denoise_fn: if `self_cond_init` is None, `denoise_fn(x_t, gamma) -> eps`; otherwise
       `denoise_fn(x_t, gamma, self_cond) -> (eps, self_cond)`. x_t is the raw noisy state of shape
-      `shape`, gamma has shape [B] (B = shape[0]); eps is the ε prediction for x_t (see `make_eps_fn`).
+      `shape`, gamma has shape [B] (B = shape[0]); eps is the ε prediction for x_t (see
+      `make_eps_fn`).
       The returned self_cond must keep the structure, shapes and dtypes of `self_cond_init`.
     shape: output shape [B, ...].
     key: PRNG key.

@@ -4,7 +4,7 @@ Every batch is a dict of NumPy arrays local to this host:
 
     'image'  uint8 [B_local, H, W, C]   values 0..255 (the train step converts on device)
     'label'  int32 [B_local]            class id; zeros when the data set has no labels
-    'mask'   bool  [B_local]            eval iterator only: False marks padding
+    'mask'   bool  [B_local]            eval iterator only: False marks padding (pad=True)
 
 with B_local = global batch / process_count, H = W = config.data.image_size and
 C = config.data.num_channels. `global_batch` turns a local batch into global `jax.Array`s.
@@ -41,8 +41,8 @@ started at 0 yields at step s.
   read; a warning is logged). There is a short refill stall at each epoch boundary.
 * Random flips are stateless, seeded by (seed_e, position in epoch), so they are resumable too.
 
-Every batch is full (the remainder of each epoch is dropped). The eval iterator pads its last
-batches instead and marks the real rows with 'mask'.
+Every training batch is full (the remainder of each epoch is dropped). The eval iterator yields
+a smaller last batch, or, with pad=True, zero-pads it and marks the real rows with 'mask'.
 """
 
 import functools
@@ -361,7 +361,7 @@ def _indexed_dataset(config, source: _IndexedSource, plan, local_bs: int,
 
 def _prepare_hint(name: str, builder, config) -> str:
   """How to prepare a missing TFDS data set."""
-  data_dir = config.data.data_dir or os.path.dirname(os.path.dirname(builder.data_dir))
+  data_dir = builder.data_dir
   dd = f", data_dir='{config.data.data_dir}'" if config.data.data_dir else ''
   if name == 'imagenet2012':
     manual = config.data.manual_dir or '<manual_dir>'
@@ -550,15 +550,25 @@ def _eval_examples(config, start: int, end: int, local_bs: int) -> tf.data.Datas
   return ds.with_options(_dataset_options())
 
 
+def _with_mask(batches: Iterator[Batch]) -> Iterator[Batch]:
+  """Adds an all-True 'mask' bool [b] to unpadded batches."""
+  for batch in batches:
+    yield dict(batch, mask=np.ones(len(batch['label']), bool))
+
+
 def make_eval_iterator(config, *, num_examples: int, batch_size: int,
                        process_index: Optional[int] = None,
-                       process_count: Optional[int] = None) -> Iterator[Batch]:
+                       process_count: Optional[int] = None,
+                       pad: bool = False) -> Iterator[Batch]:
   """The first num_examples images of config.data.split, in order, no shuffle, no flip.
 
   batch_size is global (divisible by process_count); host p reads the contiguous range
-  [N*p//P, N*(p+1)//P). Every host yields the same number of batches, each {'image': uint8
-  [b, H, W, C], 'label': int32 [b], 'mask': bool [b]} with b = batch_size // P; the last batches
-  are zero-padded and mask is False on padding rows (fixed shapes: no recompilation).
+  [N*p//P, N*(p+1)//P) in batches {'image': uint8 [b, H, W, C], 'label': int32 [b],
+  'mask': bool [b]} with b = batch_size // P.
+    pad=False: the last batch is smaller; mask is all True. Hosts may differ by one batch.
+    pad=True:  every host yields the same number of full batches; the last ones are zero-padded
+               and mask is False on padding rows (fixed shapes for collective, jitted consumers;
+               the consumer must drop rows where mask is False).
   """
   process_index, process_count = _processes(process_index, process_count)
   if config.data.name not in DATASET_NAMES:
@@ -571,12 +581,14 @@ def make_eval_iterator(config, *, num_examples: int, batch_size: int,
     raise ValueError(f'num_examples={num_examples} must be in [1, {available}] '
                      f'(size of {config.data.name} split {config.data.split!r}).')
   start, end = _host_range(num_examples, process_index, process_count)
-  most = -(-num_examples // process_count)
-  num_batches = -(-most // local_bs)
+  batches = _eval_examples(config, start, end, local_bs).as_numpy_iterator() if end > start else ()
+  if not pad:
+    return _with_mask(iter(batches))
+  most_per_host = -(-num_examples // process_count)  # ceil
+  num_batches = -(-most_per_host // local_bs)
   size, channels = int(config.data.image_size), int(config.data.num_channels)
   empty = {'image': np.zeros((0, size, size, channels), np.uint8),
            'label': np.zeros((0,), np.int32)}
-  batches = _eval_examples(config, start, end, local_bs).as_numpy_iterator() if end > start else ()
   return _padded_batches(iter(batches), num_batches, local_bs, empty)
 
 

@@ -7,6 +7,8 @@ x + sigma_L^2 s(x, sigma_L) (official `anneal_Langevin_dynamics`,
 denoise=True). `langevin` is plain Langevin dynamics at one sigma.
 """
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -25,8 +27,12 @@ def uniform_init(key: jax.Array, shape: Sequence[int], minval: float = 0.0,
 
 def _langevin_step(score_fn: ScoreFn, x: jax.Array, sigma_b: jax.Array,
                    alpha: jax.Array, key: jax.Array) -> jax.Array:
-  """One update x + alpha s(x, sigma) + sqrt(2 alpha) z, z ~ N(0, I)."""
-  z = jax.random.normal(key, x.shape, x.dtype)
+  """One update x + alpha s(x, sigma) + sqrt(2 alpha) z, z ~ N(0, I).
+
+  z is drawn flat [B, prod(...)] and reshaped (same law; a rank-4 normal is far
+  slower for XLA:CPU to compile).
+  """
+  z = jax.random.normal(key, (x.shape[0], math.prod(x.shape[1:])), x.dtype).reshape(x.shape)
   return x + alpha * score_fn(x, sigma_b) + jnp.sqrt(2.0 * alpha) * z
 
 
@@ -47,10 +53,16 @@ def langevin(score_fn: ScoreFn, x_init: jax.Array, sigma: float, key: jax.Array,
   """Plain (non-annealed) Langevin dynamics at a single noise level.
 
   x <- x + alpha s(x, sigma) + sqrt(2 alpha) z for `n_steps` steps, alpha =
-  step_size (Song & Ermon 2019, Eq. 4). Returns x [B, ...].
+  step_size (Song & Ermon 2019, Eq. 4), in one compiled fori_loop.
+  Returns x [B, ...].
   """
-  if n_steps < 1:
-    raise ValueError(f'n_steps={n_steps} must be >= 1.')
+  if int(n_steps) != n_steps or n_steps < 1:
+    raise ValueError(f'n_steps={n_steps!r} must be an integer >= 1.')
+  return _langevin_jit(score_fn, x_init, sigma, key, step_size, int(n_steps))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _langevin_jit(score_fn, x_init, sigma, key, step_size, n_steps):
   dtype = x_init.dtype
   x, _ = _run_steps(score_fn, x_init, jnp.asarray(sigma, dtype),
                     jnp.asarray(step_size, dtype), key, n_steps)
@@ -86,8 +98,10 @@ def annealed_langevin(score_fn: ScoreFn, x_init: jax.Array, sigmas: jax.Array,
   alpha_i = eps sigma_i^2 / sigma_L^2 (eps = `step_lr`, Technique 4), then, if
   `denoise`, x <- x + sigma_L^2 s(x, sigma_L) (Tweedie denoising, official
   NCSNv2). All L*T steps run in one compiled loop (lax.scan over levels with
-  an inner fori_loop); jit with `score_fn`, `n_steps_each`, `denoise`,
-  `keep_levels` (a tuple) and `clip` static.
+  an inner fori_loop). The function jits itself with `score_fn`,
+  `n_steps_each`, `denoise`, `keep_levels` and `clip` static (score_fn must be
+  hashable, e.g. a function or functools.partial); it can also be wrapped in
+  an outer jax.jit with the same static arguments.
 
   Args:
     score_fn: (x [B, ...], sigma [B]) -> score [B, ...].
@@ -107,10 +121,20 @@ def annealed_langevin(score_fn: ScoreFn, x_init: jax.Array, sigmas: jax.Array,
   """
   if int(n_steps_each) != n_steps_each or n_steps_each < 1:
     raise ValueError(f'n_steps_each={n_steps_each!r} must be an integer >= 1.')
+  if jnp.ndim(sigmas) != 1 or jnp.shape(sigmas)[0] < 1:
+    raise ValueError(f'sigmas must have shape [L] with L >= 1; got {jnp.shape(sigmas)}.')
+  keep_levels = None if keep_levels is None else tuple(int(i) for i in keep_levels)
+  _keep_slots(keep_levels, jnp.shape(sigmas)[0])  # Validates early.
+  return _annealed_jit(score_fn, x_init, sigmas, key, step_lr, int(n_steps_each),
+                       bool(denoise), keep_levels, bool(clip))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
+def _annealed_jit(score_fn, x_init, sigmas, key, step_lr, n_steps_each, denoise,
+                  keep_levels, clip):
+  """Compiled body of `annealed_langevin` (one XLA program for all L*T steps)."""
   dtype = x_init.dtype
   sigmas = jnp.asarray(sigmas, dtype)
-  if sigmas.ndim != 1 or sigmas.shape[0] < 1:
-    raise ValueError(f'sigmas must have shape [L] with L >= 1; got {sigmas.shape}.')
   num_levels = sigmas.shape[0]
   slots = _keep_slots(keep_levels, num_levels)
   sigma_last = sigmas[-1]
@@ -120,7 +144,7 @@ def annealed_langevin(score_fn: ScoreFn, x_init: jax.Array, sigmas: jax.Array,
     x, key, kept = carry
     sigma, slot = inputs
     alpha = jnp.asarray(step_lr, dtype) * (sigma / sigma_last) ** 2
-    x, key = _run_steps(score_fn, x, sigma, alpha, key, int(n_steps_each))
+    x, key = _run_steps(score_fn, x, sigma, alpha, key, n_steps_each)
     if kept is not None:
       index = jnp.maximum(slot, 0)
       kept = kept.at[index].set(jnp.where(slot >= 0, x, kept[index]))

@@ -33,14 +33,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 # ----------------------------------------------------------------------------
 
 
-def _is_concrete_number(value: Any) -> bool:
-  try:
-    float(value)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return False
-  return True
-
-
 def validate_sigma(name: str, value: float) -> None:
   """Raises ValueError unless `value` is a finite noise scale > 0."""
   if not (math.isfinite(float(value)) and float(value) > 0):
@@ -222,6 +214,63 @@ def _iter_batches(x: Any) -> Iterable[Any]:
   return x
 
 
+class _BlockwiseFarthest:
+  """Streams examples in and tracks each row's float32 farthest earlier partner.
+
+  Rows are processed in full [bm]-row blocks (the tail when `finish` is
+  called); a row block is compared with every column before its end, in
+  [bn]-column blocks, by the sharded `_block_kernel`.
+  """
+
+  def __init__(self, mesh: Mesh, block_size: int):
+    self.mesh, self.block_size = mesh, block_size
+    self.kernel = _block_kernel(mesh)
+    self.store, self.shift, self.done = _HostStore(), None, 0
+    self.best_parts, self.idx_parts = [], []
+
+  def _start(self, batch: np.ndarray, is_array: bool) -> None:
+    """Fixes the centring shift and the block shapes from the first batch."""
+    self.shift = batch.mean(axis=0).astype(np.float32)
+    size = min(self.block_size, len(batch)) if is_array else self.block_size
+    n_dev = self.mesh.shape['data']
+    self.bm, self.bn = -(-size // n_dev) * n_dev, size
+
+  def add(self, batch: np.ndarray, is_array: bool = False) -> None:
+    if self.shift is None:
+      self._start(batch, is_array)
+    self.store.append(batch)
+    while self.store.size - self.done >= self.bm:
+      self._process_rows(self.done, self.done + self.bm)
+
+  def finish(self) -> tuple[np.ndarray, np.ndarray]:
+    """Returns per-row approximate max squared distance [N] and partner [N]."""
+    if self.done < self.store.size:
+      self._process_rows(self.done, self.store.size)
+    if self.store.size < 2:
+      raise ValueError(
+          f'max_pairwise_distance needs at least 2 examples; got {self.store.size}.')
+    return np.concatenate(self.best_parts), np.concatenate(self.idx_parts)
+
+  def _put(self, start: int, stop: int, size: int, spec: PartitionSpec) -> jax.Array:
+    block = _padded_block(self.store, start, stop, size, self.shift)
+    return jax.device_put(block, NamedSharding(self.mesh, spec))
+
+  def _process_rows(self, r0: int, r1: int) -> None:
+    """Compares rows [r0, r1) with every column < r1; one host sync per row block."""
+    vec = NamedSharding(self.mesh, PartitionSpec('data'))
+    rows = self._put(r0, r1, self.bm, PartitionSpec('data', None))
+    best = jax.device_put(np.full((self.bm,), -1.0, np.float32), vec)
+    best_idx = jax.device_put(np.zeros((self.bm,), np.int32), vec)
+    for c0 in range(0, r1, self.bn):
+      c1 = min(c0 + self.bn, r1)
+      cols = self._put(c0, c1, self.bn, PartitionSpec())
+      best, best_idx = self.kernel(rows, cols, np.int32(r1 - r0), np.int32(c1 - c0),
+                                   np.int32(c0), best, best_idx)
+    self.best_parts.append(np.asarray(best)[:r1 - r0])
+    self.idx_parts.append(np.asarray(best_idx)[:r1 - r0])
+    self.done = r1
+
+
 def max_pairwise_distance(x: Any, *, block_size: int = 2048,
                           mesh: Mesh | None = None,
                           num_candidates: int = 64) -> float:
@@ -250,9 +299,11 @@ def max_pairwise_distance(x: Any, *, block_size: int = 2048,
 
   Streaming: `x` may be an iterable of [n_b, ...] batches (n_b may vary, e.g.
   an uneven last batch). Each new batch is compared with itself and with all
-  previous batches. Host memory: every example seen is kept in a numpy buffer
-  (N x D x 4 bytes for float32, up to 2x transiently while the buffer grows;
-  ~0.6 GB for CIFAR-10's 50k x 3072), plus N floats/ints of per-row maxima.
+  previous batches; incoming rows are buffered into full [bm]-row blocks so
+  small batches waste no padded compute. Host memory: every example seen is
+  kept in a numpy buffer (N x D x 4 bytes for float32, up to 2x transiently
+  while the buffer grows; ~0.6 GB for CIFAR-10's 50k x 3072), plus N
+  floats/ints of per-row maxima.
 
   Args:
     x: [N, ...] array (numpy or jax), or an iterable of [n_b, ...] batches.
@@ -268,44 +319,15 @@ def max_pairwise_distance(x: Any, *, block_size: int = 2048,
   mesh = _default_mesh() if mesh is None else mesh
   if 'data' not in mesh.axis_names:
     raise ValueError(f"mesh axes {mesh.axis_names} lack a 'data' axis to shard rows over.")
-  n_dev = mesh.shape['data']
-  kernel = _block_kernel(mesh)
-  rows_sharding = NamedSharding(mesh, PartitionSpec('data', None))
-  vec_sharding = NamedSharding(mesh, PartitionSpec('data'))
-  replicated = NamedSharding(mesh, PartitionSpec())
-
-  store, shift, dim = _HostStore(), None, None
-  best_parts, idx_parts = [], []
+  scanner, dim = _BlockwiseFarthest(mesh, block_size), None
+  is_array = isinstance(x, (np.ndarray, jax.Array))
   for batch in _iter_batches(x):
     batch = _as_host_batch(batch, dim)
-    if len(batch) == 0:
-      continue
-    if shift is None:
+    if len(batch):
       dim = batch.shape[1]
-      shift = batch.mean(axis=0).astype(np.float32)
-      if isinstance(x, (np.ndarray, jax.Array)):
-        block_size = min(block_size, len(batch))
-      bm = -(-block_size // n_dev) * n_dev
-      bn = block_size
-    first_new = store.size
-    store.append(batch)
-    for r0 in range(first_new, store.size, bm):
-      r1 = min(r0 + bm, store.size)
-      rows = jax.device_put(_padded_block(store, r0, r1, bm, shift), rows_sharding)
-      best = jax.device_put(np.full((bm,), -1.0, np.float32), vec_sharding)
-      best_idx = jax.device_put(np.zeros((bm,), np.int32), vec_sharding)
-      for c0 in range(0, r1, bn):
-        c1 = min(c0 + bn, r1)
-        cols = jax.device_put(_padded_block(store, c0, c1, bn, shift), replicated)
-        best, best_idx = kernel(rows, cols, np.int32(r1 - r0), np.int32(c1 - c0),
-                                np.int32(c0), best, best_idx)
-      best_parts.append(np.asarray(best)[:r1 - r0])
-      idx_parts.append(np.asarray(best_idx)[:r1 - r0])
-  if store.size < 2:
-    raise ValueError(
-        f'max_pairwise_distance needs at least 2 examples; got {store.size}.')
-  return _exact_refinement(store, np.concatenate(best_parts),
-                           np.concatenate(idx_parts), num_candidates)
+      scanner.add(batch, is_array)
+  approx, partner = scanner.finish()
+  return _exact_refinement(scanner.store, approx, partner, num_candidates)
 
 
 def _exact_refinement(store: _HostStore, approx: np.ndarray, partner: np.ndarray,
@@ -323,17 +345,19 @@ def _exact_refinement(store: _HostStore, approx: np.ndarray, partner: np.ndarray
 # ----------------------------------------------------------------------------
 
 
+@jax.jit
 def overlap(gamma: jax.typing.ArrayLike, dim: jax.typing.ArrayLike) -> jax.Array:
   """Technique 2 overlap C(gamma, D) = Phi(sqrt(2D)(g-1) + 3g) - Phi(sqrt(2D)(g-1) - 3g).
 
   ||x|| for x ~ N(0, sigma_i^2 I_D) is approx N(sqrt(D) sigma_i, sigma_i^2/2);
   C is the probability that it falls within 3 standard deviations of the shell
-  of the next-larger level sigma_{i-1} = gamma sigma_i. Broadcasts over arrays.
+  of the next-larger level sigma_{i-1} = gamma sigma_i. Broadcasts over arrays;
+  float32 (absolute error ~1e-6).
   """
-  gamma = jnp.asarray(gamma, jnp.float32)
-  return _overlap_log(jnp.log(gamma), dim)
+  return _overlap_log(jnp.log(jnp.asarray(gamma, jnp.float32)), dim)
 
 
+@jax.jit
 def _overlap_log(log_gamma: jax.Array, dim: jax.typing.ArrayLike) -> jax.Array:
   """`overlap` parametrised by log gamma (uses expm1 for gamma - 1 precision)."""
   gamma = jnp.exp(log_gamma)
@@ -411,13 +435,14 @@ def num_noise_scales(sigma_max: float, sigma_min: float, dim: int,
 def geometric_sigmas(sigma_max: float, sigma_min: float, num_scales: int) -> jax.Array:
   """[L] float32 descending geometric sequence sigma_1 = sigma_max ... sigma_L = sigma_min.
 
-  As in NCSNv2's `get_sigmas` (exp of a linspace in log space); the endpoints
-  are set exactly.
+  As in NCSNv2's `get_sigmas` (exp of a linspace in log space, computed in
+  float64 on the host); the endpoints are set exactly.
   """
   validate_sigmas(sigma_max, sigma_min)
   validate_num_scales(num_scales)
-  sigmas = jnp.exp(jnp.linspace(math.log(sigma_max), math.log(sigma_min), int(num_scales)))
-  return sigmas.at[0].set(sigma_max).at[-1].set(sigma_min)
+  sigmas = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), int(num_scales)))
+  sigmas[0], sigmas[-1] = sigma_max, sigma_min
+  return jnp.asarray(sigmas, jnp.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -452,9 +477,13 @@ def langevin_variance_ratio(step_lr, n_steps, gamma, sigma_min) -> jax.Array:
   independent of i. Since r = 2/(2 - eps/sigma_L^2) > 1 and gamma > 1, the
   ratio always exceeds 1 for |a| < 1. Broadcasts over array arguments.
   """
-  u = jnp.asarray(step_lr, jnp.float32) / jnp.asarray(sigma_min, jnp.float32) ** 2
-  return _variance_ratio_from_u(u, jnp.asarray(n_steps, jnp.float32),
-                                jnp.asarray(gamma, jnp.float32))
+  return _variance_ratio(jnp.asarray(step_lr, jnp.float32), jnp.asarray(n_steps, jnp.float32),
+                         jnp.asarray(gamma, jnp.float32), jnp.asarray(sigma_min, jnp.float32))
+
+
+@jax.jit
+def _variance_ratio(step_lr, n_steps, gamma, sigma_min):
+  return _variance_ratio_from_u(step_lr / sigma_min ** 2, n_steps, gamma)
 
 
 _U_MAX = 2.0 * (1.0 - 1e-6)  # keeps a = 1 - u strictly inside (-1, 1).

@@ -16,6 +16,20 @@ import ml_collections
 METHODS = ('diffusion', 'ncsn')
 
 
+class _QuietLibraries(logging.logging.Filter):  # pylint: disable=protected-access
+  """Drops INFO chatter of Orbax / TensorStore (dozens of lines per save); keeps warnings."""
+
+  def filter(self, record):
+    noisy = '/orbax/' in record.pathname or '/tensorstore/' in record.pathname
+    return not (noisy and record.levelno < logging.logging.WARNING)
+
+
+def quiet_library_logs():
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
+
+
 # ----------------------------------------------------------------------------------------------
 # Multi-host
 # ----------------------------------------------------------------------------------------------
@@ -134,6 +148,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict):
 
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
   """Validates, prepares the workdir and runs one mode."""
+  quiet_library_logs()
   validate_config(config)
   prepare_workdir(workdir, config)
   if mode == 'train':

