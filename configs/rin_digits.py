@@ -1,4 +1,4 @@
-r"""RIN diffusion on the embedded digits data (scikit-learn's 1,797 real 8×8 digits, upsampled to 32²).
+r"""RIN diffusion on the embedded digits data (scikit-learn's 1,797 real 8×8 digits, upsampled to 16²).
 
 Command (the README's first command runs exactly this):
     python main.py --config=configs/rin_digits.py --workdir=workdirs/rin_digits
@@ -19,20 +19,20 @@ def get_config():
   config.seed = 0
 
   config.data.name = 'digits'
-  config.data.image_size = 32
+  config.data.image_size = 16
   config.data.num_channels = 1
   config.data.num_classes = 10
   config.data.random_flip = False
 
   m = config.model
   m.name = 'rin'
-  m.patch_size = 4
+  m.patch_size = 2
   m.num_blocks = 2
   m.num_layers_per_block = 2
-  m.num_latents = 32
-  m.latent_dim = 192
-  m.tape_dim = 96
-  m.latent_heads = 6
+  m.num_latents = 16
+  m.latent_dim = 128
+  m.tape_dim = 64
+  m.latent_heads = 4
   m.rw_heads = 4
   m.latent_mlp_ratio = 4
   m.tape_mlp_ratio = 2
@@ -60,11 +60,11 @@ def get_config():
 
   t = config.train
   t.batch_size = 64
-  t.num_steps = 4000
+  t.num_steps = 3000
   t.log_every = 100
   t.checkpoint_every = 1000
-  t.sample_every = 2000
-  t.num_sample_grid = 60
+  t.sample_every = 1000
+  t.num_sample_grid = 100
 
   s = config.sample
   s.num_samples = 100
