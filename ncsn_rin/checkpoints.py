@@ -26,7 +26,13 @@ def make_manager(directory: str, *, max_to_keep: int = 3,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
       cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  if '://' not in directory:  # keep gs:// URLs (TPU pods) as they are
+    directory = os.path.abspath(directory)
+  # One unnamed item, declared up front: otherwise Orbax infers single- vs multi-item mode from the
+  # first step directory it reads, and a latest step whose item folder was deleted would lock it
+  # into multi-item mode, making every older (intact) step unrestorable too.
+  return ocp.CheckpointManager(directory, options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:
@@ -36,33 +42,49 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool =
   return manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
 
+def _path_name(path) -> str:
+  """A key path as 'a/0/mu/w', the same whether a node is a namedtuple (as in the model's state)
+  or the dict Orbax's metadata turns it into (`.mu` vs `['mu']`)."""
+  parts = []
+  for k in path:
+    for attr in ('key', 'idx', 'name'):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return '/'.join(parts)
+
+
 def _shape_mismatches(saved_meta: Any, abstract_state: Any, limit: int = 5):
   """Lists 'path: saved shape vs expected shape' for leaves whose shapes differ."""
-  saved = {jax.tree_util.keystr(k): getattr(v, 'shape', None)
+  saved = {_path_name(k): getattr(v, 'shape', None)
            for k, v in jax.tree_util.tree_leaves_with_path(saved_meta)}
   out = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
-    key = jax.tree_util.keystr(path)
+    key = _path_name(path)
     want = tuple(getattr(leaf, 'shape', ()))
     got = saved.get(key, 'missing')
     if got != 'missing' and got is not None:
       got = tuple(got)
     if got != want:
       out.append(f'{key}: checkpoint {got} vs model {want}')
-      if len(out) >= limit:
-        break
-  return out
+  expected = {_path_name(k) for k, _ in jax.tree_util.tree_leaves_with_path(abstract_state)}
+  out += [f'{key}: checkpoint {tuple(shape or ())} vs model missing'
+          for key, shape in saved.items() if key not in expected and shape is not None]
+  return out[:limit]
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: Any):
   """Raises CheckpointShapeError when the checkpoint's array shapes differ from the model's."""
   try:
     meta = manager.item_metadata(step)
+    # A step whose item directory is gone yields an empty Composite, whose getattr raises KeyError.
+    meta = getattr(meta, 'tree', meta)
   except Exception:  # pylint: disable=broad-except
     return  # unreadable metadata: the restore itself will report (and fall back)
   if meta is None:
     return
-  meta = getattr(meta, 'tree', meta)
   mismatches = _shape_mismatches(meta, abstract_state)
   if mismatches:
     raise CheckpointShapeError(

@@ -378,6 +378,18 @@ def _prepare_hint(name: str, builder, config) -> str:
           '--config.data.data_dir at a directory that already holds it.')
 
 
+_IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+
+
+def _check_imagenet_manual_dir(manual: str, builder, config):
+  """Fails before TFDS starts preparing when the manual-download tars are not there."""
+  missing = [f for f in _IMAGENET_TARS if not os.path.isfile(os.path.join(manual, f))]
+  if missing:
+    raise FileNotFoundError(
+        f'config.data.manual_dir={config.data.manual_dir!r} lacks {", ".join(missing)} '
+        '(ImageNet is a manual download). ' + _prepare_hint('imagenet2012', builder, config))
+
+
 def _tfds_builder(config):
   """A prepared TFDS builder for config.data.name; fails fast when the data set is missing."""
   name, data = config.data.name, config.data
@@ -385,8 +397,10 @@ def _tfds_builder(config):
   if builder.is_prepared():
     return builder
   if data.download:
-    logging.info('Downloading and preparing %s into %s.', name, builder.data_dir)
     manual = os.path.expanduser(data.manual_dir) if data.manual_dir else None
+    if name == 'imagenet2012' and manual:  # (unset: TFDS's default manual dir, its own check)
+      _check_imagenet_manual_dir(manual, builder, config)
+    logging.info('Downloading and preparing %s into %s.', name, builder.data_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual))
     return builder

@@ -118,39 +118,84 @@ def validate_config(config: ml_collections.ConfigDict):
 # Workdir
 # ----------------------------------------------------------------------------------------------
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict):
-  """Creates `workdir`, checks it is writable and keeps a copy of the resolved config.
+def _path(path: str):
+  """A local path or a gs:// URL (TPU pods keep the workdir in a bucket) as an etils Path."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path)
+
+
+def check_workdir_writable(workdir: str):
+  """Creates `workdir` if needed and checks it is writable (a probe file, removed at once)."""
+  try:
+    path = _path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f'.write_test_{os.getpid()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(f'--workdir={workdir!r} is not writable ({e.strerror or e}); pass a '
+                          'directory you can write to, e.g. --workdir=$HOME/runs/NAME.') from e
+
+
+def save_config_copy(workdir: str, config: ml_collections.ConfigDict):
+  """Keeps a copy of the resolved config as config.json (process 0 only).
 
   An existing config.json that differs is kept as config.<time>.json — nothing is overwritten.
   """
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise PermissionError(f'--workdir={workdir!r} is not writable ({e.strerror}); pass a directory '
-                          'you can write to, e.g. --workdir=$HOME/runs/NAME.') from e
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, 'config.json')
+  path = _path(workdir) / 'config.json'
   text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() == text:
-        return
-    os.replace(path, os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json'))
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+  if path.exists():
+    if path.read_text() == text:
+      return
+    path.rename(_path(workdir) / f'config.{time.strftime("%Y%m%d-%H%M%S")}.json')
+  tmp = _path(workdir) / 'config.json.tmp'
+  tmp.write_text(text)
+  tmp.rename(path)
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict):
+  """Creates `workdir`, checks it is writable and keeps a copy of the resolved config."""
+  check_workdir_writable(workdir)
+  save_config_copy(workdir, config)
+
+
+def check_against_workdir(mode: str, config: ml_collections.ConfigDict, workdir: str):
+  """The checks that need the devices, the data set or the workdir's checkpoints; reads only.
+
+  They run before the config copy is written and before anything compiles, so a bad value fails in
+  seconds and leaves the workdir (its config.json and checkpoints) as it was.
+  """
+  if mode not in ('train', 'sample', 'eval'):
+    return
+  from ncsn_rin import checkpoints  # pylint: disable=g-import-not-at-top
+  from ncsn_rin import train  # pylint: disable=g-import-not-at-top
+  exp = train.Experiment(config)  # global batch vs. devices; the model's shapes (traced, not compiled)
+  if mode == 'train':
+    from ncsn_rin import input_pipeline  # pylint: disable=g-import-not-at-top
+    input_pipeline.dataset_info(config)  # a missing data set or manual_dir
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if _path(ckpt_dir).is_dir():
+    manager = checkpoints.make_manager(ckpt_dir, max_to_keep=config.train.max_to_keep)
+    steps = manager.all_steps()
+    if steps:
+      checkpoints.check_compatible(manager, max(steps), exp.abstract_state)
+    manager.close()
+
+
+MODES = ('train', 'sample', 'eval', 'fid_stats', 'tune_noise')
 
 
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
-  """Validates, prepares the workdir and runs one mode."""
+  """Validates (config, workdir, data, checkpoints), keeps a config copy and runs one mode."""
   quiet_library_logs()
+  if mode not in MODES:
+    raise ValueError(f'--mode={mode!r}; allowed: {", ".join(MODES)}.')
   validate_config(config)
-  prepare_workdir(workdir, config)
+  check_workdir_writable(workdir)
+  check_against_workdir(mode, config, workdir)
+  save_config_copy(workdir, config)
   if mode == 'train':
     from ncsn_rin import train  # pylint: disable=g-import-not-at-top
     result = train.train_and_evaluate(config, workdir)
@@ -163,10 +208,8 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
   elif mode == 'fid_stats':
     from ncsn_rin import evaluation  # pylint: disable=g-import-not-at-top
     result = evaluation.compute_reference_statistics(config, workdir)
-  elif mode == 'tune_noise':
+  else:
     from ncsn_rin import evaluation  # pylint: disable=g-import-not-at-top
     result = evaluation.tune_noise(config, workdir)
-  else:
-    raise ValueError(f'--mode={mode!r}; allowed: train, sample, eval, fid_stats, tune_noise.')
   logging.info('%s finished: %s', mode, json.dumps(result, default=str))
   return result

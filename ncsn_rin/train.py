@@ -251,17 +251,27 @@ def restore_or_init(exp: Experiment, manager) -> Tuple[Any, int]:
 # ----------------------------------------------------------------------------------------------
 
 class PreemptionFlag:
-  """Set by SIGTERM (what a preempted TPU VM / SLURM job gets); the loop saves and exits 0."""
+  """SIGTERM (what a preempted TPU VM / SLURM job gets): the loop saves and exits 0.
+
+  One process: a Python SIGTERM handler sets a flag. Several processes: JAX's preemption service
+  (started by `jax.distributed.initialize`) already catches SIGTERM on every process, tells the
+  others, and `reached_preemption_sync_point` turns true at the same step everywhere. No Python
+  handler is installed then: it would replace JAX's, and processes stopping at different steps
+  would deadlock in the checkpoint's collectives.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multiprocess = jax.process_count() > 1
 
   def __enter__(self):
     def handler(signum, frame):
       del frame
       logging.warning('received signal %d: will checkpoint and exit', signum)
       self.requested = True
+    if self._multiprocess:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. a notebook worker)
@@ -273,9 +283,9 @@ class PreemptionFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
   def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
+    if self._multiprocess:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return self.requested or multihost_utils.reached_preemption_sync_point(step)
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
 
