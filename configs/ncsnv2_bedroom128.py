@@ -14,36 +14,7 @@ from configs import common
 
 
 def get_config():
-  config = common.base_config()
-  config.method = 'ncsn'
-  config.data.name = 'lsun/bedroom'
-  config.data.image_size = 128
-  config.data.num_channels = 3
-  config.data.num_classes = 0
-  config.data.random_flip = True
-  common.set_refinenet_model(config, variant='ncsnv2_deeper', ngf=128)
-  n = config.ncsn
-  n.sigma_max = 190.0
-  n.sigma_min = 0.01
-  n.num_scales = 1086
-  n.n_steps_each = 3
-  n.step_lr = 1.8e-6
-  n.denoise = True
-  o = config.optim
-  o.name = 'adam'
-  o.learning_rate = 1e-4
-  o.warmup_steps = 0
-  o.decay = 'constant'
-  o.grad_clip = 0.0
-  o.ema_rate = 0.999
-  t = config.train
-  t.batch_size = 128
-  t.num_steps = 150_000
-  t.checkpoint_every = 5_000
-  t.sample_every = 10_000
-  s = config.sample
-  s.method = 'langevin'
-  s.batch_size = 1000 if 128 <= 64 else 100
-  config.eval.num_samples = 50_000
-  config.eval.fid_stats_num = 50_000
+  config = common.ncsnv2_config(data_name='lsun/bedroom', image_size=128, variant='ncsnv2_deeper',
+                               sigma_max=190.0, num_scales=1086, step_lr=1.8e-6, batch_size=128,
+                               num_steps=150_000, n_steps_each=3)
   return config

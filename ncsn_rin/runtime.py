@@ -176,7 +176,10 @@ def check_against_workdir(mode: str, config: ml_collections.ConfigDict, workdir:
     from ncsn_rin import input_pipeline  # pylint: disable=g-import-not-at-top
     input_pipeline.dataset_info(config)  # a missing data set or manual_dir
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  if _path(ckpt_dir).is_dir():
+  # Several processes: opening a CheckpointManager is a collective (barriers), and whether the
+  # directory exists yet can differ between them, so the shape check is left to the restore in
+  # train/evaluation (the same CheckpointShapeError, after config.json is written).
+  if jax.process_count() == 1 and _path(ckpt_dir).is_dir():
     manager = checkpoints.make_manager(ckpt_dir, max_to_keep=config.train.max_to_keep)
     steps = manager.all_steps()
     if steps:
