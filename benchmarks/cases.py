@@ -94,7 +94,7 @@ def sampler_cases(quick: bool, keep_dtype: bool = False) -> List[SamplerCase]:
       SamplerCase('rin_digits (batch 64)', _with_batch(rin_digits.get_config(), 64, keep_dtype),
                   64, diffusion, 100),
       SamplerCase('rin_cifar10 (batch 8)', _with_batch(rin_cifar10.get_config(), 8, keep_dtype),
-                  8, diffusion, 20),
+                  8, diffusion, 10),
       SamplerCase('ncsnv2_digits (batch 64)',
                   _langevin_levels(_with_batch(ncsnv2_digits.get_config(), 64, keep_dtype), 20, 5),
                   64, ('langevin',), 20),

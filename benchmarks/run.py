@@ -123,7 +123,7 @@ def _fid_features(quick: bool) -> Dict[str, Any]:
   from ncsn_rin.metrics import inception  # pylint: disable=g-import-not-at-top
   batch = 4 if quick else 64
   with measure.PeakMemory() as memory:
-    row = inception.benchmark_feature_throughput(image_size=32, num_images=batch if quick else 512,
+    row = inception.benchmark_feature_throughput(image_size=32, num_images=batch if quick else 256,
                                                  batch_size=batch)
   return {**row, **memory.result}
 

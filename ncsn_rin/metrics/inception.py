@@ -320,8 +320,18 @@ def _pad_batch(images, size):
   return np.pad(images, widths) if isinstance(images, np.ndarray) else jnp.pad(images, widths)
 
 
+def grey_to_rgb(images):
+  """[B, H, W, 1] -> [B, H, W, 3] by repeating the channel (the usual FID input for grey data such
+  as the digits); [B, H, W, 3] unchanged."""
+  if images.shape[-1] == 1:
+    return jnp.broadcast_to(images, images.shape[:-1] + (3,))
+  return images
+
+
 def make_feature_fn(params, mesh=None, precision=HIGHEST):
-  """Returns `feature_fn(images) -> float32 jax.Array [B, 2048]`, images uint8/float [B, H, W, 3].
+  """Returns `feature_fn(images) -> float32 jax.Array [B, 2048]`, images uint8/float [B, H, W, C].
+
+  C is 3, or 1 for grey images, which are repeated to 3 channels on the device.
 
   The batch is split over the 'data' axis of `mesh` (default: all devices); params are replicated.
   Batches are zero-padded to a multiple of the data-axis size, and a batch smaller than the largest
@@ -337,7 +347,7 @@ def make_feature_fn(params, mesh=None, precision=HIGHEST):
 
   @functools.partial(jax.jit, in_shardings=(replicated, batch_sharded), out_shardings=batch_sharded)
   def jitted(params, images):
-    return model.apply({'params': params}, preprocess(images))
+    return model.apply({'params': params}, preprocess(grey_to_rgb(images)))
 
   num_shards = _num_shards(mesh)
   largest = [0]  # Largest padded batch so far.
@@ -361,15 +371,17 @@ def _cached_feature_fn(weights_path, cache_env, mesh):
 
 
 def _check_images(images):
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f'expected images [N, H, W, 3], got shape {images.shape}')
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f'expected images [N, H, W, 3] (or [N, H, W, 1] grey), got shape '
+                     f'{images.shape}')
 
 
 def pool3_features(images_uint8, *, batch_size=200, weights_path=None, mesh=None, progress=False):
   """FID pool3 features of a set of images, batched and sharded over all devices.
 
   Args:
-    images_uint8: uint8 [N, H, W, 3] (numpy or jax; float in [0, 255] also accepted), any H, W:
+    images_uint8: uint8 [N, H, W, 3] or grey [N, H, W, 1] (numpy or jax; float in [0, 255] also
+      accepted), any H, W:
       resized to 299x299 with TF1 bilinear resize, then scaled to x / 128 - 1.
     batch_size: per-call batch, rounded up to a multiple of the device count; the last batch is
       zero-padded so only one shape is compiled.
