@@ -20,6 +20,9 @@ unchanged and saves ~40 s) and four checkpoints. Loss 0.60 (step 100) -> 0.11 (2
 columns; 8 is the weakest. The earlier setting (batch 64, 2,000 steps, same time) gave clear 0, 1,
 6, 7 only: at this budget more, smaller steps win. The run is deterministic: the same settings
 given as flags, run earlier beside other jobs, wrote a byte-identical step-4,000 grid.
+Then --mode=fid_stats (Inception statistics of the 1,797 digits, grey repeated to RGB) took 8 min
+and --mode=eval (1,000 DDPM-250 samples, cosine) 8 min: FID 88.5 at step 4,000. A 1,000-sample FID
+against 1,797 images is biased upwards; compare it only with numbers at the same sizes.
 """
 
 
