@@ -10,6 +10,7 @@ from typing import List, NamedTuple
 import jax
 import ml_collections
 
+from configs import common
 from configs import ncsnv2_cifar10
 from configs import ncsnv2_digits
 from configs import rin_cifar10
@@ -34,22 +35,12 @@ def _with_batch(config, batch_size: int, keep_dtype: bool):
 
 def tiny_rin():
   """configs/rin_digits.py shrunk to a RIN that compiles and steps in seconds (quick mode)."""
-  config = rin_digits.get_config()
-  config.data.image_size = 16
-  m = config.model
-  m.patch_size, m.num_blocks, m.num_layers_per_block = 4, 1, 1
-  m.num_latents, m.latent_dim, m.tape_dim, m.latent_heads, m.rw_heads = 8, 32, 16, 2, 2
-  config.optim.warmup_steps = 0
-  return config
+  return common.shrink_to_tiny(rin_digits.get_config())
 
 
 def tiny_refinenet():
   """configs/ncsnv2_digits.py shrunk to RefineNet ngf 8 at 16² (quick mode)."""
-  config = ncsnv2_digits.get_config()
-  config.data.image_size = 16
-  config.model.ngf = 8
-  config.optim.warmup_steps = 0
-  return config
+  return common.shrink_to_tiny(ncsnv2_digits.get_config())
 
 
 def train_cases(quick: bool, keep_dtype: bool = False) -> List[Case]:

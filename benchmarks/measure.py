@@ -151,27 +151,26 @@ def reset_peak_memory() -> bool:
     return False
 
 
-def _vm_hwm_mb() -> Optional[float]:
+def _proc_status_mb(key: str) -> Optional[float]:
+  """A memory line of /proc/self/status (e.g. 'VmHWM', 'VmRSS') in MB; None off Linux."""
   try:
     with open(_STATUS) as f:
       for line in f:
-        if line.startswith('VmHWM:'):
+        if line.startswith(key + ':'):
           return int(line.split()[1]) / 1024  # kB
   except OSError:
     pass
   return None
 
 
+def _vm_hwm_mb() -> Optional[float]:
+  return _proc_status_mb('VmHWM')
+
+
 def current_rss_mb() -> Optional[float]:
   """The process's resident set now (Linux VmRSS), None elsewhere."""
-  try:
-    with open(_STATUS) as f:
-      for line in f:
-        if line.startswith('VmRSS:'):
-          return round(int(line.split()[1]) / 1024, 1)
-  except OSError:
-    pass
-  return None
+  rss = _proc_status_mb('VmRSS')
+  return None if rss is None else round(rss, 1)
 
 
 def peak_memory(reset_ok: bool) -> Dict[str, Any]:

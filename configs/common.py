@@ -236,3 +236,20 @@ def ncsnv2_config(*, data_name: str, image_size: int, variant: str, sigma_max: f
   config.eval.num_samples = 50_000
   config.eval.fid_stats_num = 50_000
   return config
+
+
+def shrink_to_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The same experiment with a network that compiles and steps in seconds (tests, quick modes).
+
+  16² images; RIN: patch 4, one block of one layer, 8 latents of width 32, tape width 16, 2 heads;
+  RefineNet: ngf 8. No warm-up. Batch sizes and noise levels are left to the caller.
+  """
+  config.data.image_size = 16
+  m = config.model
+  if m.name == 'rin':
+    m.patch_size, m.num_blocks, m.num_layers_per_block = 4, 1, 1
+    m.num_latents, m.latent_dim, m.tape_dim, m.latent_heads, m.rw_heads = 8, 32, 16, 2, 2
+  else:
+    m.ngf = 8
+  config.optim.warmup_steps = 0
+  return config

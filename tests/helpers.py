@@ -19,28 +19,22 @@ TINY_RIN_FLAGS = [
 
 def tiny_rin_config():
   """configs/rin_digits.py shrunk to a model that compiles and steps in seconds."""
+  from configs import common  # pylint: disable=g-import-not-at-top
   from configs import rin_digits  # pylint: disable=g-import-not-at-top
-  config = rin_digits.get_config()
-  config.data.image_size = 16
-  m = config.model
-  m.patch_size, m.num_blocks, m.num_layers_per_block = 4, 1, 1
-  m.num_latents, m.latent_dim, m.tape_dim, m.latent_heads, m.rw_heads = 8, 32, 16, 2, 2
+  config = common.shrink_to_tiny(rin_digits.get_config())
   config.train.batch_size = 16
-  config.optim.warmup_steps = 0
   config.sample.num_steps = 4
   config.train.num_sample_grid = 8
   return config
 
 
 def tiny_ncsn_config():
+  from configs import common  # pylint: disable=g-import-not-at-top
   from configs import ncsnv2_digits  # pylint: disable=g-import-not-at-top
-  config = ncsnv2_digits.get_config()
-  config.data.image_size = 16
-  config.model.ngf = 8
+  config = common.shrink_to_tiny(ncsnv2_digits.get_config())
   config.ncsn.num_scales = 4
   config.ncsn.n_steps_each = 2
   config.train.batch_size = 16
-  config.optim.warmup_steps = 0
   config.train.num_sample_grid = 8
   return config
 
