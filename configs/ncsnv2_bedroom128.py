@@ -13,8 +13,8 @@ LSUN bedroom (manual download).
 from configs import common
 
 
-def get_config():
-  config = common.ncsnv2_config(data_name='lsun/bedroom', image_size=128, variant='ncsnv2_deeper',
+def get_config(arg: str = ''):
+  config = common.ncsnv2_config(data_name='lsun/bedroom', image_size=128, model='ncsnv2_deeper',
                                sigma_max=190.0, num_scales=1086, step_lr=1.8e-6, batch_size=128,
                                num_steps=150_000, n_steps_each=3)
-  return config
+  return common.finish(config, arg)

@@ -13,7 +13,7 @@ Expected: FID 10.23 (paper, CelebA 64²); not reproduced here. Images: 140×140 
 from configs import common
 
 
-def get_config():
-  config = common.ncsnv2_config(data_name='celeb_a', image_size=64, variant='ncsnv2', sigma_max=90.0,
+def get_config(arg: str = ''):
+  config = common.ncsnv2_config(data_name='celeb_a', image_size=64, model='ncsnv2', sigma_max=90.0,
                                num_scales=500, step_lr=3.3e-6, batch_size=128, num_steps=210_000)
-  return config
+  return common.finish(config, arg)

@@ -13,8 +13,8 @@ LSUN church_outdoor (manual download). No FID is claimed for it in the paper's t
 from configs import common
 
 
-def get_config():
-  config = common.ncsnv2_config(data_name='lsun/church_outdoor', image_size=96, variant='ncsnv2_deeper',
+def get_config(arg: str = ''):
+  config = common.ncsnv2_config(data_name='lsun/church_outdoor', image_size=96, model='ncsnv2_deeper',
                                sigma_max=140.0, num_scales=788, step_lr=4.9e-6, batch_size=128,
                                num_steps=200_000, n_steps_each=4)
-  return config
+  return common.finish(config, arg)

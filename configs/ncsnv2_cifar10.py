@@ -13,7 +13,7 @@ Expected: FID 10.87 (paper, Table 1, with denoising); not reproduced here.
 from configs import common
 
 
-def get_config():
-  config = common.ncsnv2_config(data_name='cifar10', image_size=32, variant='ncsnv2', sigma_max=50.0,
+def get_config(arg: str = ''):
+  config = common.ncsnv2_config(data_name='cifar10', image_size=32, model='ncsnv2', sigma_max=50.0,
                                num_scales=232, step_lr=6.2e-6, batch_size=128, num_steps=300_000)
-  return config
+  return common.finish(config, arg)

@@ -21,12 +21,12 @@ blurry blobs at step 1,000, digit-like strokes at 2,000 and mostly recognisable 
 """
 
 
-def get_config():
+def get_config(arg: str = ''):
   # Noise hyperparameters derived by --mode=tune_noise on the 1,797 digits at 16² (D = 256): max
   # pairwise distance 8.539, L = 49 for overlap 0.5 (γ = 1.151, achieved C = 0.515), ε = 1.61e-5
   # for T = 5 (Proposition 3 ratio 1.13: with γ this large, T = 5 cannot bring it to 1; T = 10
   # would).
-  config = common.ncsnv2_config(data_name='digits', image_size=16, variant='ncsnv2',
+  config = common.ncsnv2_config(data_name='digits', image_size=16, model='ncsnv2',
                                 sigma_max=8.54, num_scales=49, step_lr=1.61e-5, batch_size=64,
                                 num_steps=3000, n_steps_each=5, ngf=16)
   config.seed = 0
@@ -50,4 +50,4 @@ def get_config():
   config.eval.num_samples = 1000
   config.eval.batch_size = 200
   config.eval.fid_stats_num = 1797
-  return config
+  return common.finish(config, arg)

@@ -13,9 +13,9 @@ FFHQ 256² as an image folder (--config.data.image_folder=/path/to/ffhq_root, la
 from configs import common
 
 
-def get_config():
-  config = common.ncsnv2_config(data_name='image_folder', image_size=256, variant='ncsnv2_deepest',
+def get_config(arg: str = ''):
+  config = common.ncsnv2_config(data_name='image_folder', image_size=256, model='ncsnv2_deepest',
                                sigma_max=348.0, num_scales=2311, step_lr=9e-7, batch_size=32,
                                num_steps=80_000, n_steps_each=3,
                                adam_eps=1e-3)
-  return config
+  return common.finish(config, arg)

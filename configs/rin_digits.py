@@ -26,7 +26,7 @@ against 1,797 images is biased upwards; compare it only with numbers at the same
 """
 
 
-def get_config():
+def get_config(arg: str = ''):
   config = common.base_config()
   config.method = 'diffusion'
   config.seed = 0
@@ -37,23 +37,10 @@ def get_config():
   config.data.num_classes = 10
   config.data.random_flip = False
 
-  m = config.model
-  m.name = 'rin'
-  m.patch_size = 2
-  m.num_blocks = 2
-  m.num_layers_per_block = 2
-  m.num_latents = 16
-  m.latent_dim = 128
-  m.tape_dim = 64
-  m.latent_heads = 4
-  m.rw_heads = 4
-  m.latent_mlp_ratio = 4
-  m.tape_mlp_ratio = 2
-  m.dropout = 0.0
-  m.drop_path = 0.0
-  m.time_scale = 1000.
-  m.self_cond = True
-
+  config.model = common.model_config(
+      'rin', patch_size=2, num_blocks=2, num_layers_per_block=2, latent_slots=18, latent_dim=128,
+      tape_dim=64, latent_heads=4, rw_heads=4, latent_mlp_ratio=4, tape_mlp_ratio=2, dropout=0.0,
+      drop_path=0.0, time_scale=1000., self_cond=True)
   d = config.diffusion
   d.train_schedule = 'sigmoid@-3,3,0.9'
   d.sample_schedule = 'cosine'
@@ -88,4 +75,4 @@ def get_config():
   config.eval.num_samples = 1000
   config.eval.batch_size = 200
   config.eval.fid_stats_num = 1797
-  return config
+  return common.finish(config, arg)

@@ -12,20 +12,27 @@ from typing import Any, Optional, Tuple
 
 from absl import logging
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
+from ncsn_rin.validation import UserError
 
-class CheckpointShapeError(ValueError):
+
+class CheckpointShapeError(UserError, ValueError):
   """The checkpoint on disk was written by a network of a different shape."""
 
 
-def make_manager(directory: str, *, max_to_keep: int = 3,
+# Parameter names of the RIN before it followed pix2seq's Tape function and initialisation
+# (2026-11-29): LayerNorm-ed time token, class embedding table, learned latents named 'latents'.
+_PRE_FIDELITY_RIN_NAMES = ('time_ln', 'class_embed', 'latent_prev_in_ln')
+
+
+def make_manager(directory: str, *, max_to_keep: int = 3, keep_every: int = 0,
                  async_save: bool = True) -> ocp.CheckpointManager:
-  """CheckpointManager over `directory` (created if needed); keeps `max_to_keep` steps."""
+  """CheckpointManager over `directory` (created if needed); keeps the last `max_to_keep` steps
+  and, with `keep_every` > 0, every step that is a multiple of it (for checkpoint sweeps)."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
-      cleanup_tmp_directories=True)
+      max_to_keep=max_to_keep, keep_period=keep_every or None,
+      enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
   if '://' not in directory:  # keep gs:// URLs (TPU pods) as they are
     directory = os.path.abspath(directory)
   # One unnamed item, declared up front: otherwise Orbax infers single- vs multi-item mode from the
@@ -56,7 +63,7 @@ def _path_name(path) -> str:
   return '/'.join(parts)
 
 
-def _shape_mismatches(saved_meta: Any, abstract_state: Any, limit: int = 5):
+def _shape_mismatches(saved_meta: Any, abstract_state: Any):
   """Lists 'path: saved shape vs expected shape' for leaves whose shapes differ."""
   saved = {_path_name(k): getattr(v, 'shape', None)
            for k, v in jax.tree_util.tree_leaves_with_path(saved_meta)}
@@ -72,7 +79,7 @@ def _shape_mismatches(saved_meta: Any, abstract_state: Any, limit: int = 5):
   expected = {_path_name(k) for k, _ in jax.tree_util.tree_leaves_with_path(abstract_state)}
   out += [f'{key}: checkpoint {tuple(shape or ())} vs model missing'
           for key, shape in saved.items() if key not in expected and shape is not None]
-  return out[:limit]
+  return out
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: Any):
@@ -87,11 +94,14 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: 
     return
   mismatches = _shape_mismatches(meta, abstract_state)
   if mismatches:
+    old = any(name in m for m in mismatches for name in _PRE_FIDELITY_RIN_NAMES)
+    cause = ('an older ncsn_rin RIN (before the 2026-11-29 change to the official pix2seq time '
+             'token, class projection and latent_slots); retrain it' if old else
+             'a network of a different shape')
     raise CheckpointShapeError(
-        f'checkpoint step {step} in {manager.directory} was written by a different model shape:\n  '
-        + '\n  '.join(mismatches) +
-        '\nUse a new --workdir for a new model, or restore the config that wrote it '
-        '(a copy is in the workdir as config.json).')
+        f'checkpoint step {step} in {manager.directory} was written by {cause} '
+        f'({"; ".join(mismatches[:3])}; {len(mismatches)} differences); use a new --workdir, or the config that wrote it '
+        '(config.json in the workdir).')
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
@@ -123,8 +133,3 @@ def restore_latest(manager: ocp.CheckpointManager,
     return state, step
   raise RuntimeError(f'no checkpoint in {manager.directory} could be restored (tried steps '
                      f'{steps}); move the directory aside to start from scratch.')
-
-
-def host_step(state: Any) -> int:
-  """The state's step as a Python int (one device→host transfer)."""
-  return int(np.asarray(jax.device_get(state['step'])))

@@ -11,24 +11,12 @@ enters as a callable and schedules as functions t -> γ (see `ncsn_rin.schedules
 Shapes: images / data are [B, ...]; γ and t are [B] and broadcast over the non-batch axes.
 """
 
-import math
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ncsn_rin import schedules
-
-PRED_TARGETS = ('eps', 'x', 'v')
-SAMPLE_METHODS = ('ddpm', 'ddim', 'dpm_solver++')
-DDPM_VARIANCES = ('large', 'small')
-
-
-def _check_choice(what: str, value, allowed):
-  """Raises ValueError naming `value` and the allowed choices."""
-  if value not in allowed:
-    raise ValueError(f'{what} must be one of {allowed}, got {value!r}')
 
 
 def _expand(gamma, x):
@@ -37,11 +25,6 @@ def _expand(gamma, x):
   if gamma.ndim == 0:
     return gamma
   return gamma.reshape(gamma.shape + (1,) * (x.ndim - gamma.ndim))
-
-
-def _is_concrete(value) -> bool:
-  """True for Python / NumPy numbers (validated eagerly); False for traced JAX values."""
-  return isinstance(value, (int, float, np.number, np.ndarray))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -65,22 +48,20 @@ def add_noise(x0, gamma, noise, b=1.):
   return jnp.sqrt(g) * (b * x0) + jnp.sqrt(1. - g) * noise
 
 
-def normalize_variance(x_t, eps: float = 1e-5):
+def normalize_variance(x_t):
   """Divides x_t by its per-example std (Chen 2023, Sec. 3.2, variance normalization).
 
-  Used on the network input at training and at sampling alike: x_t / sqrt(Var(x_t) + eps), the
-  variance taken over all non-batch axes.
+  Used on the network input at training and at sampling alike, as pix2seq
+  `image_diffusion_model.denoise` (`x /= reduce_std(x, non-batch axes)`, no epsilon: x_t always
+  holds noise).
 
   Args:
     x_t: noisy state [B, ...].
-    eps: added to the variance for stability.
 
   Returns:
-    [B, ...], each example with (nearly) unit standard deviation.
+    [B, ...], each example with unit standard deviation.
   """
-  axes = tuple(range(1, x_t.ndim))
-  var = jnp.var(x_t, axis=axes, keepdims=True)
-  return x_t * jax.lax.rsqrt(var + eps)
+  return x_t / jnp.std(x_t, axis=tuple(range(1, x_t.ndim)), keepdims=True)
 
 
 def eps_to_y(eps, x_t, gamma):
@@ -125,38 +106,12 @@ def pred_to_eps(pred, x_t, gamma, target: str = 'eps', b=1.):
   Returns:
     ε estimate [B, ...].
   """
-  _check_choice('pred_target', target, PRED_TARGETS)
   if target == 'eps':
     return pred
   if target == 'x':
     return y_to_eps(b * pred, x_t, gamma)
   g = _expand(gamma, x_t)
   return jnp.sqrt(g) * pred + jnp.sqrt(1. - g) * x_t
-
-
-def pred_to_x0(pred, x_t, gamma, target: str = 'eps', b=1.):
-  """Converts a network prediction to x0 = y / b, data units (Chen 2023 Sec. 2; Salimans & Ho 2022).
-
-  'eps': y = (x_t − sqrt(1 − γ)·pred) / sqrt(γ). 'x': x0 = pred.
-  'v': y = sqrt(γ)·x_t − sqrt(1 − γ)·v.
-
-  Args:
-    pred: network output [B, ...] in the units of `target`.
-    x_t: noisy state [B, ...].
-    gamma: γ [B].
-    target: 'eps' | 'x' | 'v'.
-    b: input scale factor.
-
-  Returns:
-    x0 estimate [B, ...] in data units.
-  """
-  _check_choice('pred_target', target, PRED_TARGETS)
-  if target == 'x':
-    return pred
-  if target == 'eps':
-    return eps_to_y(pred, x_t, gamma) / b
-  g = _expand(gamma, x_t)
-  return (jnp.sqrt(g) * x_t - jnp.sqrt(1. - g) * pred) / b
 
 
 def make_target(x0, noise, gamma, target: str = 'eps', b=1.):
@@ -172,7 +127,6 @@ def make_target(x0, noise, gamma, target: str = 'eps', b=1.):
   Returns:
     target [B, ...].
   """
-  _check_choice('pred_target', target, PRED_TARGETS)
   if target == 'eps':
     return noise
   if target == 'x':
@@ -201,7 +155,6 @@ def make_eps_fn(net_fn: Callable, *, pred_target: str = 'eps', normalize_input: 
     `eps_fn(x_t, gamma, self_cond) -> (eps, self_cond_out)`, eps [B, ...] for the raw x_t. For
     `sample` without self-conditioning use `lambda x, g: eps_fn(x, g, None)[0]`.
   """
-  _check_choice('pred_target', pred_target, PRED_TARGETS)
 
   def eps_fn(x_t, gamma, self_cond=None):
     pred, self_cond_out = net_fn(_net_input(x_t, normalize_input), gamma, self_cond)
@@ -232,33 +185,36 @@ def drop_labels(labels, key, rate: float, null_label: int):
   return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
 
 
-def _self_condition(net_fn, net_input, gamma, self_cond_init, use_self_cond):
-  """Self-conditioning state for the training pass (Analog Bits, Chen et al. 2022, Sec. 3; RIN 3.4).
+def _masked_self_condition(net_fn, net_input, gamma, self_cond_init, key_mask, key_pass,
+                           keep_rate: float):
+  """Latent self-conditioning by masking (pix2seq `add_self_cond_hidden`, `self_cond_by_masking`).
 
-  With `use_self_cond` (a scalar bool, one coin per batch) runs a first pass from `self_cond_init`
-  without gradient and returns its self_cond_out; otherwise returns `self_cond_init`. `lax.cond`
-  makes only the chosen branch run. self_cond_out must have the structure, shapes and dtypes of the
-  init.
+  A first pass from `self_cond_init` runs on the whole batch with its own randomness (`key_pass`:
+  dropout, label dropout); each example keeps its self_cond_out with probability `keep_rate` and
+  gets zeros otherwise; no gradient flows through it. Returns the self_cond pytree [B, ...].
   """
-  def first_pass():
-    _, self_cond_out = net_fn(net_input, gamma, self_cond_init)
-    return jax.lax.stop_gradient(self_cond_out)
+  _, first = net_fn(net_input, gamma, self_cond_init, key_pass)
+  keep = jax.random.bernoulli(key_mask, keep_rate, (net_input.shape[0],))
 
-  return jax.lax.cond(use_self_cond, first_pass, lambda: self_cond_init)
+  def mask(h):
+    return jax.lax.stop_gradient(h * keep.reshape((-1,) + (1,) * (h.ndim - 1)).astype(h.dtype))
+
+  return jax.tree.map(mask, first)
 
 
 def diffusion_loss(net_fn: Callable, x0, key, *, gamma_fn: Callable, b=1., pred_target: str = 'eps',
                    normalize_input: bool = False, self_cond_rate: float = 0.9,
                    self_cond_init: Optional[Any] = None):
-  """Unweighted MSE diffusion loss of Chen 2023, Algorithm 1 (self-conditioning: RIN, Sec. 3.4).
+  """Unweighted MSE diffusion loss of Chen 2023, Algorithm 1, with pix2seq's self-conditioning.
 
-  Randomness: `key_t, key_noise, key_sc = jax.random.split(key, 3)`;
-  t = uniform(key_t, [B]), ε = normal(key_noise, x0.shape), the self-conditioning coin is
-  uniform(key_sc, []) < self_cond_rate.
+  Randomness: `key_t, key_noise, key_mask, key_first, key_second = jax.random.split(key, 5)`;
+  t = uniform(key_t, [B]), ε = normal(key_noise, x0.shape); the self-conditioning mask and the two
+  passes use the other keys, so the passes draw their dropout and label dropout independently (as
+  pix2seq, where each pass calls the network with `training=True`).
 
   Args:
-    net_fn: `net_fn(net_input, gamma, self_cond) -> (pred, self_cond_out)`; pred [B, ...] in the
-      units of `pred_target`. Labels / label dropout are closed over by the caller (see
+    net_fn: `net_fn(net_input, gamma, self_cond, key) -> (pred, self_cond_out)`; pred [B, ...] in
+      the units of `pred_target`; `key` is the pass's randomness (dropout, label dropout — see
       `drop_labels`).
     x0: clean data [B, ...] in data units.
     key: PRNG key.
@@ -266,34 +222,28 @@ def diffusion_loss(net_fn: Callable, x0, key, *, gamma_fn: Callable, b=1., pred_
     b: input scale factor.
     pred_target: 'eps' | 'x' | 'v'.
     normalize_input: variance-normalise the network input (Chen 2023, Sec. 3.2).
-    self_cond_rate: probability of the self-conditioning first pass (one coin per batch).
+    self_cond_rate: per-example probability that the self-conditioning latents are kept.
     self_cond_init: initial self-conditioning pytree (e.g. zero latents), or None to disable it
-      (net_fn then receives self_cond=None).
+      (net_fn then receives self_cond=None and there is a single pass).
 
   Returns:
     (loss, aux): loss is the scalar mean over all elements of (pred − target)²; aux is a dict with
-    't' [B], 'gamma' [B] and 'self_cond_used' (scalar bool).
+    't' [B] and 'gamma' [B].
   """
-  _check_choice('pred_target', pred_target, PRED_TARGETS)
-  if _is_concrete(b):
-    schedules.validate_input_scale(b)
-  key_t, key_noise, key_sc = jax.random.split(key, 3)
+  key_t, key_noise, key_mask, key_first, key_second = jax.random.split(key, 5)
   t = jax.random.uniform(key_t, (x0.shape[0],), dtype=x0.dtype)
   noise = jax.random.normal(key_noise, x0.shape, dtype=x0.dtype)
   gamma = gamma_fn(t)
   x_t = add_noise(x0, gamma, noise, b)
   net_input = _net_input(x_t, normalize_input)
-
-  if self_cond_init is None:
-    self_cond, use_self_cond = None, jnp.asarray(False)
-  else:
-    use_self_cond = jax.random.uniform(key_sc, ()) < self_cond_rate
-    self_cond = _self_condition(net_fn, net_input, gamma, self_cond_init, use_self_cond)
-
-  pred, _ = net_fn(net_input, gamma, self_cond)
+  self_cond = None
+  if self_cond_init is not None:
+    self_cond = _masked_self_condition(net_fn, net_input, gamma, self_cond_init, key_mask,
+                                       key_first, self_cond_rate)
+  pred, _ = net_fn(net_input, gamma, self_cond, key_second)
   target = make_target(x0, noise, gamma, pred_target, b)
   loss = jnp.mean(jnp.square(pred - target))
-  return loss, {'t': t, 'gamma': gamma, 'self_cond_used': use_self_cond}
+  return loss, {'t': t, 'gamma': gamma}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,20 +327,6 @@ def _dpm_solver_pp_step(x, y, y_prev, g_now, g_next, lam_prev, is_first):
   return x_next, lam_now
 
 
-def _validate_sample_args(method, ddpm_variance, num_steps, b, time_difference):
-  """Eager checks of `sample`'s static arguments; each ValueError names the value and choices."""
-  _check_choice('sample method', method, SAMPLE_METHODS)
-  _check_choice('ddpm_variance', ddpm_variance, DDPM_VARIANCES)
-  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-    raise ValueError(f'num_steps must be a Python int >= 1, got {num_steps!r}')
-  if _is_concrete(b):
-    schedules.validate_input_scale(b)
-  if _is_concrete(time_difference) and not (math.isfinite(float(time_difference))
-                                            and float(time_difference) >= 0):
-    raise ValueError(f'time_difference must be a finite number >= 0 (in units of one step), '
-                     f'got {time_difference!r}; use 0.0 (none) or e.g. 0.5')
-
-
 def sample(denoise_fn: Callable, shape, key, *, gamma_fn: Callable, num_steps: int,
            method: str = 'ddpm', b=1., time_difference=0., clip_x0: bool = True,
            ddpm_variance: str = 'large', self_cond_init: Optional[Any] = None):
@@ -434,7 +370,6 @@ def sample(denoise_fn: Callable, shape, key, *, gamma_fn: Callable, num_steps: i
   Returns:
     The final x0 estimate (the last y-prediction divided by b) of shape `shape`, in data units.
   """
-  _validate_sample_args(method, ddpm_variance, num_steps, b, time_difference)
   shape = tuple(shape)
   key_init, key_loop = jax.random.split(key)
   x_init = jax.random.normal(key_init, shape)

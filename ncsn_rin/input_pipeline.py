@@ -9,21 +9,18 @@ Every batch is a dict of NumPy arrays local to this host:
 with B_local = global batch / process_count, H = W = config.data.image_size and
 C = config.data.num_channels. `global_batch` turns a local batch into global `jax.Array`s.
 
-Data sets (config.data.name):
+Data sets (config.data.name; see `datasets`) and their geometry:
 
-    digits               scikit-learn's load_digits() (1,797 real 8x8 handwritten digits, labels
-                         0..9), embedded, no download. Values 0..16 -> 0..255, bilinear upsampling to
-                         image_size, replicated to num_channels. Ignores random_flip (a mirrored
+    digits               bilinear upsampling of the 8x8 digits; ignores random_flip (a mirrored
                          digit is not a digit).
-    cifar10              TFDS; resized only when image_size != 32.
-    celeb_a              TFDS; center crop 140x140 of the 218x178 image, then resize (NCSNv2).
-    imagenet2012         TFDS from the manual tars in config.data.manual_dir; center crop of the
-                         largest central square, bicubic antialiased resize, labels (1000 classes).
-    lsun/church_outdoor  TFDS; center square crop + resize; no labels.
-    lsun/bedroom         TFDS; center square crop + resize; no labels.
-    image_folder         config.data.image_folder in the tfds.ImageFolder layout
-                         root/<split>/<label>/*.{png,jpg,jpeg} (labels = sorted label folders), or a
-                         flat folder root/*.{png,jpg,jpeg} (labels 0). Center square crop + resize.
+    cifar10              bilinear resize (none at 32).
+    celeb_a              center crop 140x140 of the 218x178 image, then resize (NCSNv2).
+    imagenet2012, lsun/church_outdoor, lsun/bedroom, image_folder
+                         the largest central square, bicubic antialiased resize.
+
+Grey images are replicated to num_channels = 3; RGB is converted to luma for num_channels = 1.
+The config is assumed valid (`ncsn_rin/validation.py`); a missing data set fails with how to get
+it (`datasets.check_prepared`).
 
 Determinism and resumption: the batch of step s depends only on (config, seed, s, process
 index/count), so `make_train_iterator(config, start_step=s)` yields exactly what an iterator
@@ -45,7 +42,6 @@ Every training batch is full (the remainder of each epoch is dropped). The eval 
 a smaller last batch, or, with pad=True, zero-pads it and marks the real rows with 'mask'.
 """
 
-import functools
 import logging
 import os
 from typing import Callable, Dict, Iterator, NamedTuple, Optional, Tuple
@@ -55,6 +51,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ncsn_rin import datasets
+
 try:  # The pipeline runs on the host CPU; never let TF grab accelerator memory.
   tf.config.set_visible_devices([], 'GPU')
 except (RuntimeError, ValueError):  # Already initialised, or no GPU build.
@@ -62,62 +60,18 @@ except (RuntimeError, ValueError):  # Already initialised, or no GPU build.
 
 Batch = Dict[str, np.ndarray]
 
-TFDS_NAMES = ('cifar10', 'celeb_a', 'imagenet2012', 'lsun/church_outdoor', 'lsun/bedroom')
-DATASET_NAMES = ('digits',) + TFDS_NAMES + ('image_folder',)
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
-
 # NCSNv2 (ermongroup/ncsnv2 datasets/__init__.py): CenterCrop(140) of the 218x178 CelebA image.
 CELEBA_CROP = 140
-_TFDS_NUM_CLASSES = {'cifar10': 10, 'imagenet2012': 1000}
 
 
 # ----------------------------------------------------------------------------------------------
-# Validation and seeds.
-
-
-def _validate(config, process_index: int, process_count: int) -> int:
-  """Checks the data config; returns the local (per-host) train batch size."""
-  data = config.data
-  if data.name not in DATASET_NAMES:
-    raise ValueError(f'Unknown data set config.data.name={data.name!r}; allowed: '
-                     f'{", ".join(DATASET_NAMES)}.')
-  _validate_image(config)
-  return _local_batch(config.train.batch_size, process_index, process_count,
-                      'config.train.batch_size')
-
-
-def _validate_image(config):
-  """Checks image_size, num_channels and shuffle_buffer."""
-  data = config.data
-  if int(data.image_size) < 1:
-    raise ValueError(f'config.data.image_size must be >= 1, got {data.image_size}.')
-  if data.num_channels not in (1, 3):
-    raise ValueError(f'config.data.num_channels must be 1 or 3, got {data.num_channels}.')
-  if int(data.shuffle_buffer) < 1:
-    raise ValueError(f'config.data.shuffle_buffer must be >= 1, got {data.shuffle_buffer}.')
-
-
-def _local_batch(batch_size: int, process_index: int, process_count: int, what: str) -> int:
-  """Returns batch_size // process_count after checking it divides evenly."""
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'Invalid process_index={process_index} / process_count={process_count}.')
-  if batch_size < 1:
-    raise ValueError(f'{what} must be >= 1, got {batch_size}.')
-  if batch_size % process_count:
-    raise ValueError(
-        f'{what}={batch_size} is not divisible by the number of processes (hosts) '
-        f'{process_count}; set {what} to a multiple of {process_count}, e.g. '
-        f'--config.{what.removeprefix("config.")}={-(-batch_size // process_count) * process_count}.')
-  return batch_size // process_count
+# Seeds.
 
 
 def _processes(process_index: Optional[int], process_count: Optional[int]) -> Tuple[int, int]:
   """Defaults to this JAX process."""
-  if process_index is None:
-    process_index = jax.process_index()
-  if process_count is None:
-    process_count = jax.process_count()
-  return int(process_index), int(process_count)
+  return (jax.process_index() if process_index is None else int(process_index),
+          jax.process_count() if process_count is None else int(process_count))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -182,37 +136,28 @@ def _match_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     return image
   if have == 1:
     return tf.tile(image, [1, 1, channels])
-  if have == 3 and channels == 1:
-    grey = tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
-    return _to_uint8(grey)
-  raise ValueError(f'Cannot convert {have} image channels to {channels}.')
+  return _to_uint8(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32)))  # RGB -> luma.
 
 
 def _image_fn(name: str, size: int) -> Callable[[tf.Tensor], tf.Tensor]:
   """Per-data-set geometry: uint8 [h, w, c] -> uint8 [size, size, c]."""
-  if name == 'digits':
-    return lambda image: _resize(image, size, 'bilinear')
-  if name == 'cifar10':
+  if name in ('digits', 'cifar10'):
     return lambda image: _resize(image, size, 'bilinear')
   if name == 'celeb_a':
     return lambda image: _resize(_celeba_crop(image), size, 'bilinear')
   return lambda image: _resize(_center_square(image), size, 'bicubic')
 
 
-def _maybe_flip(image: tf.Tensor, flip_seed: tf.Tensor, random_flip: bool) -> tf.Tensor:
-  """Stateless random horizontal flip of [H, W, C]; flip_seed int64 [2]."""
-  if not random_flip:
-    return image
-  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-
-
 def _finish(config, image: tf.Tensor, label: tf.Tensor, flip_seed: tf.Tensor,
             random_flip: bool) -> Dict[str, tf.Tensor]:
-  """Geometry, channels, flip, fixed shape; returns {'image': uint8, 'label': int32}."""
+  """Geometry, channels, stateless random flip (flip_seed int64 [2]), fixed shape.
+
+  Returns {'image': uint8 [H, W, C], 'label': int32 scalar}.
+  """
   size, channels = int(config.data.image_size), int(config.data.num_channels)
-  image = _image_fn(config.data.name, size)(image)
-  image = _match_channels(image, channels)
-  image = _maybe_flip(image, flip_seed, random_flip)
+  image = _match_channels(_image_fn(config.data.name, size)(image), channels)
+  if random_flip:
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
   image = tf.ensure_shape(image, (size, size, channels))
   return {'image': image, 'label': tf.cast(label, tf.int32)}
 
@@ -234,23 +179,13 @@ class _IndexedSource(NamedTuple):
   load: int64 scalar index -> (uint8 image [h, w, c], int label scalar).
   """
   num_examples: int
-  num_classes: int
   load: Callable[[tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]
   random_flip: bool
 
 
-@functools.lru_cache(maxsize=1)
-def load_digits_uint8() -> Tuple[np.ndarray, np.ndarray]:
-  """scikit-learn digits: (uint8 images [1797, 8, 8, 1] in 0..255, int32 labels [1797])."""
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-  digits = datasets.load_digits()
-  images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-  return images[..., None], digits.target.astype(np.int32)
-
-
 def _digits_source(config) -> _IndexedSource:
   """The embedded digits data set (random_flip ignored)."""
-  images, labels = load_digits_uint8()
+  images, labels = datasets.load_digits_uint8()
   if config.data.random_flip:
     logging.info('digits: ignoring config.data.random_flip (mirrored digits are not digits).')
   images_t, labels_t = tf.constant(images), tf.constant(labels)
@@ -258,49 +193,12 @@ def _digits_source(config) -> _IndexedSource:
   def load(index):
     return tf.gather(images_t, index), tf.gather(labels_t, index)
 
-  return _IndexedSource(len(images), 10, load, random_flip=False)
-
-
-def _list_images(folder: str):
-  """Sorted image paths directly inside folder."""
-  names = sorted(tf.io.gfile.listdir(folder))
-  return [os.path.join(folder, n) for n in names
-          if n.lower().endswith(IMAGE_EXTENSIONS) and not tf.io.gfile.isdir(os.path.join(folder, n))]
-
-
-def _image_folder_help(root: str) -> str:
-  return (f'Expected config.data.image_folder={root!r} to be either root/<split>/<label>/*.png '
-          '(tfds.ImageFolder layout, e.g. root/train/cat/001.png; labels = sorted label folder '
-          f'names) or a flat folder of images root/*.png; extensions {IMAGE_EXTENSIONS}.')
-
-
-def _image_folder_examples(config):
-  """(paths list, labels int32 [N], num_classes) for config.data.image_folder / split."""
-  root = os.path.expanduser(config.data.image_folder)
-  split = config.data.split
-  if not root or not tf.io.gfile.isdir(root):
-    raise FileNotFoundError(f'image_folder: folder {root!r} not found. ' + _image_folder_help(root))
-  if tf.io.gfile.isdir(os.path.join(root, split)):
-    builder = tfds.ImageFolder(root)
-    if split not in builder.info.splits:
-      raise FileNotFoundError(f'image_folder: split {split!r} has no images in label subfolders. '
-                              + _image_folder_help(root))
-    label_feature = builder.info.features['label']
-    # tfds 4.9 ImageFolder keeps its (deterministically ordered) file list in _split_examples.
-    examples = builder._split_examples[split]  # pylint: disable=protected-access
-    paths = [e.image_path for e in examples]
-    labels = np.array([label_feature.str2int(e.label) for e in examples], np.int32)
-    return paths, labels, label_feature.num_classes
-  paths = _list_images(root)
-  if not paths:
-    raise FileNotFoundError(f'image_folder: no split folder {split!r} and no images in {root!r}. '
-                            + _image_folder_help(root))
-  return paths, np.zeros(len(paths), np.int32), 0
+  return _IndexedSource(len(images), load, random_flip=False)
 
 
 def _image_folder_source(config) -> _IndexedSource:
   """An image folder as an indexed source of decoded RGB images."""
-  paths, labels, num_classes = _image_folder_examples(config)
+  paths, labels, _ = datasets.image_folder_examples(config.data.image_folder, config.data.split)
   paths_t, labels_t = tf.constant(paths), tf.constant(labels)
 
   def load(index):
@@ -308,21 +206,13 @@ def _image_folder_source(config) -> _IndexedSource:
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     return image, tf.gather(labels_t, index)
 
-  return _IndexedSource(len(paths), num_classes, load, bool(config.data.random_flip))
+  return _IndexedSource(len(paths), load, bool(config.data.random_flip))
 
 
 def _indexed_source(config) -> _IndexedSource:
   if config.data.name == 'digits':
     return _digits_source(config)
   return _image_folder_source(config)
-
-
-def train_indices(num_examples: int, global_batch_size: int, seed: int, step: int) -> np.ndarray:
-  """Example indices of the global batch of `step`, int64 [global_batch_size] (indexed sources)."""
-  steps = _steps_per_epoch(num_examples, global_batch_size, 'train_indices')
-  epoch, offset = divmod(step, steps)
-  perm = _epoch_permutation(num_examples, seed, epoch)
-  return perm[offset * global_batch_size:(offset + 1) * global_batch_size]
 
 
 def _indexed_train_plan(num_examples: int, global_bs: int, local_bs: int, seed: int,
@@ -359,65 +249,24 @@ def _indexed_dataset(config, source: _IndexedSource, plan, local_bs: int,
 # TFDS sources.
 
 
-def _prepare_hint(name: str, builder, config) -> str:
-  """How to prepare a missing TFDS data set."""
-  data_dir = builder.data_dir
-  dd = f", data_dir='{config.data.data_dir}'" if config.data.data_dir else ''
-  if name == 'imagenet2012':
-    manual = config.data.manual_dir or '<manual_dir>'
-    return (f"Put the manual download files ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
-            f"(from https://image-net.org/download-images) in config.data.manual_dir "
-            f"(now {config.data.manual_dir!r}), then run: python -c \"import tensorflow_datasets "
-            f"as tfds; tfds.builder('imagenet2012'{dd}).download_and_prepare(download_config="
-            f"tfds.download.DownloadConfig(manual_dir='{manual}'))\" or pass "
-            f"--config.data.download=True --config.data.manual_dir={manual}. "
-            f'TFDS data_dir: {data_dir}.')
-  return (f"Prepare it once (needs network): python -c \"import tensorflow_datasets as tfds; "
-          f"tfds.builder('{name}'{dd}).download_and_prepare()\", or pass "
-          f'--config.data.download=True (downloads into {data_dir}); or point '
-          '--config.data.data_dir at a directory that already holds it.')
-
-
-_IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
-
-
-def _check_imagenet_manual_dir(manual: str, builder, config):
-  """Fails before TFDS starts preparing when the manual-download tars are not there."""
-  missing = [f for f in _IMAGENET_TARS if not os.path.isfile(os.path.join(manual, f))]
-  if missing:
-    raise FileNotFoundError(
-        f'config.data.manual_dir={config.data.manual_dir!r} lacks {", ".join(missing)} '
-        '(ImageNet is a manual download). ' + _prepare_hint('imagenet2012', builder, config))
-
-
 def _tfds_builder(config):
-  """A prepared TFDS builder for config.data.name; fails fast when the data set is missing."""
-  name, data = config.data.name, config.data
-  builder = tfds.builder(name, data_dir=data.data_dir or None)
-  if builder.is_prepared():
-    return builder
-  if data.download:
+  """A prepared TFDS builder for config.data.name: prepares it when config.data.download is set,
+  else fails fast with how to get it (`datasets.check_prepared`)."""
+  data = config.data
+  builder = datasets.check_prepared(data.name, data_dir=data.data_dir, manual_dir=data.manual_dir,
+                                    download=data.download)
+  if not builder.is_prepared():
+    logging.info('Downloading and preparing %s into %s.', data.name, builder.data_dir)
     manual = os.path.expanduser(data.manual_dir) if data.manual_dir else None
-    if name == 'imagenet2012' and manual:  # (unset: TFDS's default manual dir, its own check)
-      _check_imagenet_manual_dir(manual, builder, config)
-    logging.info('Downloading and preparing %s into %s.', name, builder.data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual))
-    return builder
-  raise FileNotFoundError(
-      f'TFDS data set {name!r} is not prepared: looked for {builder.data_dir} '
-      f'(config.data.data_dir={data.data_dir!r}). ' + _prepare_hint(name, builder, config))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  return builder
 
 
 def _tfds_label(name: str, example) -> tf.Tensor:
   """int32 label scalar; zero for data sets without labels."""
-  if name in _TFDS_NUM_CLASSES:
+  if name in datasets.TFDS_NUM_CLASSES:
     return tf.cast(example['label'], tf.int32)
   return tf.zeros([], tf.int32)
-
-
-def _tfds_split_size(builder, split) -> int:
-  return int(builder.info.splits[split].num_examples)
 
 
 def _decode_fn(config, builder, random_flip: bool):
@@ -460,7 +309,7 @@ def _tfds_train_batches(config, start_step: int, process_index: int, process_cou
   builder = _tfds_builder(config)
   split = tfds.split_for_jax_process(config.data.split, process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
-  steps = _steps_per_epoch(_tfds_split_size(builder, split), local_bs,
+  steps = _steps_per_epoch(int(builder.info.splits[split].num_examples), local_bs,
                            f'{config.data.name} host share {split}')
 
   def batches():
@@ -479,17 +328,11 @@ def _tfds_train_batches(config, start_step: int, process_index: int, process_cou
 
 def dataset_info(config) -> Tuple[int, int]:
   """(num_examples of config.data.split, num_classes; 0 when unlabelled), without reading data."""
-  name = config.data.name
-  if name not in DATASET_NAMES:
-    raise ValueError(f'Unknown data set config.data.name={name!r}; allowed: '
-                     f'{", ".join(DATASET_NAMES)}.')
-  if name == 'digits':
-    return len(load_digits_uint8()[1]), 10
-  if name == 'image_folder':
-    paths, _, num_classes = _image_folder_examples(config)
-    return len(paths), num_classes
-  builder = _tfds_builder(config)
-  return _tfds_split_size(builder, config.data.split), _TFDS_NUM_CLASSES.get(name, 0)
+  data = config.data
+  if data.name in datasets.TFDS_NAMES:
+    _tfds_builder(config)  # Prepares it if asked to, else fails with how to.
+  return datasets.dataset_info(data.name, split=data.split, data_dir=data.data_dir,
+                               image_folder=data.image_folder)
 
 
 def make_train_iterator(config, *, start_step: int = 0, process_index: Optional[int] = None,
@@ -501,10 +344,8 @@ def make_train_iterator(config, *, start_step: int = 0, process_index: Optional[
   start_step.
   """
   process_index, process_count = _processes(process_index, process_count)
-  local_bs = _validate(config, process_index, process_count)
-  if start_step < 0:
-    raise ValueError(f'start_step must be >= 0, got {start_step}.')
-  if config.data.name in TFDS_NAMES:
+  local_bs = int(config.train.batch_size) // process_count
+  if config.data.name in datasets.TFDS_NAMES:
     return _tfds_train_batches(config, start_step, process_index, process_count, local_bs)
   source = _indexed_source(config)
   plan = _indexed_train_plan(source.num_examples, int(config.train.batch_size), local_bs,
@@ -542,7 +383,7 @@ def _padded_batches(batches: Iterator[Batch], num_batches: int, local_bs: int,
 def _eval_examples(config, start: int, end: int, local_bs: int) -> tf.data.Dataset:
   """Unshuffled, unflipped examples [start, end) of config.data.split, batched (last partial)."""
   no_flip = tf.zeros([2], tf.int64)
-  if config.data.name in TFDS_NAMES:
+  if config.data.name in datasets.TFDS_NAMES:
     builder = _tfds_builder(config)
     read_config = tfds.ReadConfig(options=_dataset_options())
     ds = builder.as_dataset(split=f'{config.data.split}[{start}:{end}]', shuffle_files=False,
@@ -585,11 +426,7 @@ def make_eval_iterator(config, *, num_examples: int, batch_size: int,
                the consumer must drop rows where mask is False).
   """
   process_index, process_count = _processes(process_index, process_count)
-  if config.data.name not in DATASET_NAMES:
-    raise ValueError(f'Unknown data set config.data.name={config.data.name!r}; allowed: '
-                     f'{", ".join(DATASET_NAMES)}.')
-  _validate_image(config)
-  local_bs = _local_batch(batch_size, process_index, process_count, 'batch_size')
+  local_bs = batch_size // process_count
   available, _ = dataset_info(config)
   if not 0 < num_examples <= available:
     raise ValueError(f'num_examples={num_examples} must be in [1, {available}] '
@@ -632,5 +469,5 @@ def sharded_batches(local_iter: Iterator[Batch],
     yield global_batch(batch, sharding)
 
 
-__all__ = ['DATASET_NAMES', 'dataset_info', 'make_train_iterator', 'make_eval_iterator',
-           'global_batch', 'sharded_batches', 'train_indices', 'load_digits_uint8']
+__all__ = ['dataset_info', 'make_train_iterator', 'make_eval_iterator', 'global_batch',
+           'sharded_batches']

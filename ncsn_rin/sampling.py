@@ -1,154 +1,138 @@
-"""Sampling for either method, as one compiled program per sampler, sharded over the batch.
+"""Samplers of either method as one compiled program each, sharded over the batch.
 
-`make_sample_fn(config, model, mesh, batch_size)` returns `fn(params, key) -> uint8 [B, H, W, C]`:
-  * diffusion: `diffusion.sample` (DDPM / DDIM / DPM-Solver++) with the config's *sampling* schedule
-    (may differ from the training one: the network is conditioned on γ), input scale b, variance
-    normalisation, latent self-conditioning carried across steps, and classifier-free guidance;
-  * ncsn: `langevin.annealed_langevin` from U[0, 1] with the config's σ's, T and ε, then the final
+`make_diffusion_sample_fn` and `make_langevin_sample_fn` return a jitted
+`fn(params, key) -> (uint8 [B, H, W, C], labels int32 [B] or None)`, global arrays split over the
+batch sharding (labels are drawn inside, so every host agrees on them):
+  * diffusion: `diffusion.sample` (DDPM / DDIM / DPM-Solver++) with the *sampling* schedule (it may
+    differ from the training one: the network is conditioned on γ), input scale b, variance
+    normalisation, RIN latent self-conditioning carried across steps, classifier-free guidance;
+  * NCSNv2: `langevin.annealed_langevin` from U[0, 1] with its σ's, T and ε, then the final
     denoising step.
-`generate(...)` loops over batches (host loop over *batches*, never over sampler steps).
+`generate` loops over *batches* on the host (never over sampler steps).
 """
 
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import NamedSharding
 
 from ncsn_rin import diffusion
+from ncsn_rin import images
 from ncsn_rin import langevin
-from ncsn_rin import noise_scales
-from ncsn_rin import schedules
-from ncsn_rin import sharding as sharding_lib
-
-DIFFUSION_SAMPLERS = ('ddpm', 'ddim', 'dpm_solver++')
 
 
-def to_uint8_from_signed(x: jax.Array) -> jax.Array:
-  """[-1, 1] float -> uint8 (diffusion data convention)."""
-  return jnp.clip(jnp.round((x + 1.) * 127.5), 0, 255).astype(jnp.uint8)
+def sample_labels(key: jax.Array, n: int, num_classes: int, balanced: bool) -> Optional[jax.Array]:
+  """Class labels int32 [n] for class-conditional sampling; None when unconditional.
 
-
-def to_uint8_from_unit(x: jax.Array) -> jax.Array:
-  """[0, 1] float -> uint8 (NCSNv2 data convention)."""
-  return jnp.clip(jnp.round(x * 255.), 0, 255).astype(jnp.uint8)
-
-
-def sample_labels(batch_size: int, num_classes: int, offset: int = 0) -> Optional[jax.Array]:
-  """Class labels cycling 0..num_classes-1 (rows of a grid show the classes); None if unconditional."""
+  `balanced=False`: uniform over the classes, as pix2seq's `Model.sample`
+  (`tf.random.uniform([n], 0, num_classes)`) — the FID protocol of the RIN papers.
+  `balanced=True`: 0, 1, …, K−1, 0, 1, … (sample grids: column k shows class k; exactly balanced
+  when n is a multiple of K).
+  """
   if num_classes <= 0:
     return None
-  return (jnp.arange(batch_size, dtype=jnp.int32) + offset) % num_classes
+  if balanced:
+    return jnp.arange(n, dtype=jnp.int32) % num_classes
+  return jax.random.randint(key, (n,), 0, num_classes, dtype=jnp.int32)
 
 
-def _constrain(x, mesh: Optional[Mesh]):
-  return x if mesh is None else jax.lax.with_sharding_constraint(
-      x, sharding_lib.batch_sharding(mesh))
+def _constrain(x, sharding: Optional[NamedSharding]):
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
-def make_diffusion_denoise_fn(config, model, params, labels, mesh=None) -> Callable:
-  """ε-predictor `(x_t, γ, self_cond) -> (ε, self_cond)` on raw x_t, with guidance when asked."""
-  d = config.diffusion
+def guided_eps_fn(eps_fn: Callable, guidance_scale: float, null_label: int) -> Callable:
+  """Classifier-free guidance (Ho & Salimans 2022) as pix2seq `Scheduler.generate` does it.
 
-  def eps_fn_for(lbls):
-    def net_fn(x_in, gamma, self_cond):
-      return model.apply({'params': params}, _constrain(x_in, mesh), gamma, lbls, self_cond,
-                         train=False)
-    return diffusion.make_eps_fn(net_fn, pred_target=d.pred_target,
-                                 normalize_input=d.normalize_input, b=d.input_scale)
+  `eps_fn(x_t, gamma, self_cond, labels) -> (eps, self_cond_out)`. Returns the same signature with
+  ε = (1 + w)·ε(x, c) − w·ε(x, ∅); both passes read the self-conditioning latents of the previous
+  conditional pass, and only the conditional pass's latents are carried on (pix2seq keeps
+  `pred_out_l` in its context). w = 0 returns `eps_fn` itself (one pass).
+  """
+  if guidance_scale == 0:
+    return eps_fn
 
-  w = config.sample.guidance_scale
-  if labels is None or w == 0.:
-    return eps_fn_for(labels)
-  cond_fn = eps_fn_for(labels)
-  uncond_fn = eps_fn_for(jnp.full_like(labels, config.data.num_classes))  # null label
-
-  def guided(x_t, gamma, self_cond):
-    """Classifier-free guidance (Ho & Salimans 2022): ε = (1 + w)·ε(x, c) − w·ε(x, ∅)."""
-    eps_c, sc_c = cond_fn(x_t, gamma, self_cond[0])
-    eps_u, sc_u = uncond_fn(x_t, gamma, self_cond[1])
-    return (1. + w) * eps_c - w * eps_u, (sc_c, sc_u)
+  def guided(x_t, gamma, self_cond, labels):
+    eps_c, self_cond_out = eps_fn(x_t, gamma, self_cond, labels)
+    eps_u, _ = eps_fn(x_t, gamma, self_cond, jnp.full_like(labels, null_label))
+    return (1. + guidance_scale) * eps_c - guidance_scale * eps_u, self_cond_out
 
   return guided
 
 
-def _self_cond_init(config, model, batch_size):
-  if config.model.name != 'rin' or not model.self_cond:
-    return None
-  init = jnp.zeros(model.latent_shape(batch_size), jnp.float32)
-  if config.data.num_classes > 0 and config.sample.guidance_scale != 0.:
-    return (init, init)
-  return init
+def make_diffusion_sample_fn(model, shape: Tuple[int, ...], *, gamma_fn: Callable,
+                             num_steps: int, method: str, b: float, pred_target: str,
+                             normalize_input: bool, time_difference: float, clip_x0: bool,
+                             ddpm_variance: str, guidance_scale: float, num_classes: int,
+                             balanced_labels: bool, self_cond: bool,
+                             sharding: Optional[NamedSharding]) -> Callable:
+  """Jitted `fn(params, key) -> (uint8 [B, H, W, C], labels)` (see module docstring).
+
+  Labels: `sample_labels(·, B, num_classes, balanced_labels)`; the null label is `num_classes`.
+
+  `model.apply(variables, x, gamma, labels, latent_prev)` returns (pred, latents); `self_cond`
+  carries the latents from step to step (RIN Sec. 3.4) starting from zeros of
+  `model.latent_shape(B)`.
+  """
+
+  def sample_fn(params, key):
+    label_key, key = jax.random.split(key)
+    labels = sample_labels(label_key, shape[0], num_classes, balanced_labels)
+
+    def net_fn(x_in, gamma, latent_prev, lbls):
+      return model.apply({'params': params}, _constrain(x_in, sharding), gamma, lbls, latent_prev)
+
+    def eps_fn(x_t, gamma, latent_prev, lbls):
+      eps_of = diffusion.make_eps_fn(lambda x, g, sc: net_fn(x, g, sc, lbls),
+                                     pred_target=pred_target, normalize_input=normalize_input,
+                                     b=b)
+      return eps_of(x_t, gamma, latent_prev)
+
+    eps_fn = guided_eps_fn(eps_fn, guidance_scale, num_classes)
+    sc_init = jnp.zeros(model.latent_shape(shape[0]), jnp.float32) if self_cond else None
+    if sc_init is None:
+      denoise_fn = lambda x, g: eps_fn(x, g, None, labels)[0]
+    else:
+      denoise_fn = lambda x, g, sc: eps_fn(x, g, sc, labels)
+    x0 = diffusion.sample(
+        denoise_fn, shape, key, gamma_fn=gamma_fn, num_steps=num_steps, method=method, b=b,
+        time_difference=time_difference, clip_x0=clip_x0, ddpm_variance=ddpm_variance,
+        self_cond_init=sc_init)
+    return images.signed_to_uint8(x0), labels
+
+  return jax.jit(sample_fn, out_shardings=sharding)
 
 
-def check_sampler(config: ml_collections.ConfigDict):
-  """Raises ValueError for a sampler name that does not fit the method."""
-  method = config.sample.method
-  if config.method == 'diffusion' and method not in DIFFUSION_SAMPLERS:
-    raise ValueError(f'config.sample.method={method!r} is not a diffusion sampler; use one of '
-                     f'{DIFFUSION_SAMPLERS}.')
-  if config.method == 'ncsn' and method != 'langevin':
-    raise ValueError(f"config.sample.method={method!r}: NCSNv2 samples with 'langevin'; set "
-                     "--config.sample.method=langevin.")
+def make_langevin_sample_fn(model, shape: Tuple[int, ...], *, sigmas: jax.Array,
+                            n_steps_each: int, step_lr: float, denoise: bool,
+                            sharding: Optional[NamedSharding]) -> Callable:
+  """Jitted `fn(params, key) -> (uint8 [B, H, W, C], None)`: NCSNv2 annealed Langevin from U[0, 1]
+  (`ncsnv2/runners/ncsn_runner.py` sample: `torch.rand` init, `final_only`, `denoise`); the network
+  is unconditional (Technique 3)."""
+
+  def sample_fn(params, key):
+    score_fn = lambda x, sigma: model.apply({'params': params}, _constrain(x, sharding), sigma)
+    init_key, key = jax.random.split(key)
+    x = jax.random.uniform(init_key, shape)
+    x = langevin.annealed_langevin(score_fn, x, sigmas, key, n_steps_each=n_steps_each,
+                                      step_lr=step_lr, denoise=denoise)
+    return images.unit_to_uint8(x), None
+
+  return jax.jit(sample_fn, out_shardings=sharding)
 
 
-def ncsn_sigmas(config) -> jax.Array:
-  n = config.ncsn
-  return noise_scales.geometric_sigmas(n.sigma_max, n.sigma_min, n.num_scales)
-
-
-def make_sample_fn(config: ml_collections.ConfigDict, model, mesh: Optional[Mesh],
-                   batch_size: int) -> Callable:
-  """Jitted `fn(params, key, label_offset) -> uint8 [batch_size, H, W, C]`."""
-  check_sampler(config)
-  shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-  out_sharding = None if mesh is None else sharding_lib.batch_sharding(mesh)
-
-  if config.method == 'diffusion':
-    s = config.sample
-    gamma_fn = schedules.get_gamma_fn(config.diffusion.sample_schedule)
-
-    def sample_fn(params, key, label_offset):
-      labels = sample_labels(batch_size, config.data.num_classes, label_offset)
-      denoise_fn = make_diffusion_denoise_fn(config, model, params, labels, mesh)
-      sc_init = _self_cond_init(config, model, batch_size)
-      if sc_init is None:
-        plain_fn = denoise_fn
-        denoise_fn = lambda x, g: plain_fn(x, g, None)[0]
-      x0 = diffusion.sample(
-          denoise_fn, shape, key, gamma_fn=gamma_fn, num_steps=s.num_steps, method=s.method,
-          b=config.diffusion.input_scale, time_difference=s.time_difference,
-          clip_x0=s.clip_x0, ddpm_variance=s.ddpm_variance, self_cond_init=sc_init)
-      return to_uint8_from_signed(x0)
-  else:
-    n = config.ncsn
-    sigmas = ncsn_sigmas(config)
-
-    def sample_fn(params, key, label_offset):
-      del label_offset
-      score_fn = lambda x, sigma: model.apply({'params': params}, _constrain(x, mesh), sigma)
-      init_key, key = jax.random.split(key)
-      x = langevin.uniform_init(init_key, shape)
-      x, _ = langevin.annealed_langevin(score_fn, x, sigmas, key, n_steps_each=n.n_steps_each,
-                                        step_lr=n.step_lr, denoise=n.denoise)
-      return to_uint8_from_unit(x)
-
-  return jax.jit(sample_fn, out_shardings=out_sharding)
-
-
-def device_batch_size(requested: int, mesh: Optional[Mesh]) -> int:
+def device_batch_size(requested: int, num_devices: int) -> int:
   """Rounds a sampling batch up to a multiple of the device count."""
-  n = 1 if mesh is None else mesh.devices.size
-  return max(n, -(-requested // n) * n)
+  return max(num_devices, -(-requested // num_devices) * num_devices)
 
 
 def generate(sample_fn: Callable, params, key: jax.Array, num_samples: int, batch_size: int,
-             *, start_batch: int = 0, num_classes: int = 0) -> Iterator[np.ndarray]:
-  """Yields uint8 batches; batch i uses fold_in(key, i), so a resumed run continues exactly."""
-  num_batches = -(-num_samples // batch_size)
-  for i in range(start_batch, num_batches):
-    images = sample_fn(params, jax.random.fold_in(key, i), (i * batch_size) % max(num_classes, 1))
-    images = sharding_lib.to_host(images)
-    yield images[:num_samples - i * batch_size]
+             *, start_batch: int = 0) -> Iterator[Tuple[int, jax.Array, Optional[jax.Array]]]:
+  """Yields (batch index i, uint8 images [batch_size, ...], labels or None) for the batches
+  covering `num_samples` (the last batch is full; the caller keeps the first rows it needs).
+
+  Batch i uses fold_in(key, i), so a resumed run continues exactly. Images stay global device
+  arrays (multi-host: split over the hosts).
+  """
+  for i in range(start_batch, -(-num_samples // batch_size)):
+    yield (i,) + tuple(sample_fn(params, jax.random.fold_in(key, i)))

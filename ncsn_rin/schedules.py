@@ -155,29 +155,6 @@ def get_gamma_fn(spec: str) -> GammaFn:
   return functools.partial(fn, start=start, end=end, tau=tau)
 
 
-def validate_input_scale(b) -> float:
-  """Checks the input scale factor b of Chen 2023, Sec. 3.2 (x_t = sqrt(γ)·b·x0 + sqrt(1−γ)·ε).
-
-  Args:
-    b: a Python / NumPy scalar.
-
-  Returns:
-    b as a float.
-
-  Raises:
-    ValueError: b is not a finite number > 0.
-  """
-  try:
-    value = float(b)
-  except (TypeError, ValueError):
-    raise ValueError(f'input scale b must be a finite number > 0, got {b!r}; '
-                     'use e.g. 1.0 (no scaling) or 0.5 (Chen 2023, Sec. 3.2)') from None
-  if not (math.isfinite(value) and value > 0):
-    raise ValueError(f'input scale b must be a finite number > 0, got {value}; '
-                     'use e.g. 1.0 (no scaling) or 0.5 (Chen 2023, Sec. 3.2)')
-  return value
-
-
 def logsnr(gamma, b=1.):
   """logSNR of x_t = sqrt(γ)·b·x0 + sqrt(1−γ)·ε per unit data variance (Chen 2023, Sec. 3.2).
 

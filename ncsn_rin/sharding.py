@@ -30,16 +30,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = 'config.train.batch_size'):
-  """Raises ValueError before anything compiles when the global batch cannot be split evenly."""
-  n = mesh.devices.size
-  if batch_size < 1 or batch_size % n:
-    lower = max(n, batch_size // n * n)
-    raise ValueError(
-        f'{what}={batch_size} must be a positive multiple of the number of devices ({n}); '
-        f'use e.g. --{what}={lower} or --{what}={lower + n}.')
-
-
 def fsdp_spec(shape: Sequence[int], num_devices: int, min_size: int = 2 ** 14) -> P:
   """PartitionSpec splitting the largest dimension divisible by `num_devices` (small arrays stay
   replicated: their all-gather would cost more than the memory saved)."""
@@ -64,11 +54,3 @@ def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool) -> Any:
     return NamedSharding(mesh, fsdp_spec(shape, n))
 
   return jax.tree.map(leaf_sharding, abstract_state)
-
-
-def to_host(x: jax.Array) -> np.ndarray:
-  """A global array as one numpy array on every process (all-gather across hosts if needed)."""
-  if getattr(x, 'is_fully_addressable', True):
-    return np.asarray(jax.device_get(x))
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

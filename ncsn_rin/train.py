@@ -1,37 +1,34 @@
-"""Training: a sharded, jit-compiled train step and the loop around it.
+"""Training: the optimiser, a pure train step, and the loop around the compiled step.
 
 The train state is a dict of arrays (so Orbax and shardings see a plain pytree):
     step [] int32, params, ema_params, opt_state, rng [2] uint32, nonfinite_step [] int32 (−1 = none)
-It is created directly sharded (`jax.eval_shape(init)` → shardings → `jax.jit(init, out_shardings)`),
-and the step's RNG is `fold_in(rng, step)`, so a resumed run sees the same randomness as an
+The step's RNG is `fold_in(rng, step)`, so a resumed run sees the same randomness as an
 uninterrupted one. A non-finite loss or gradient leaves the state untouched and records the step in
 `nonfinite_step`; the host reads that flag only when it logs or checkpoints (no per-step sync) and
 stops with an error naming the step, so the last checkpoint is never overwritten by a bad state.
+The loop reports through `clu`: metric writers (TensorBoard + log lines) and periodic actions
+(progress with an ETA that excludes compilation, an optional profiler trace).
 """
 
-import functools
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
+from clu import metric_writers
+from clu import metrics as clu_metrics
+from clu import periodic_actions
+import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
 from ncsn_rin import checkpoints
-from ncsn_rin import diffusion
+from ncsn_rin import images
 from ncsn_rin import input_pipeline
-from ncsn_rin import models
-from ncsn_rin import noise_scales
-from ncsn_rin import sampling
-from ncsn_rin import schedules
-from ncsn_rin import score_matching
-from ncsn_rin import sharding as sharding_lib
-from ncsn_rin import summaries
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -39,136 +36,80 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimiser
+# Optimiser (pix2seq `model_utils.py` for RIN; NCSNv2's plain Adam)
 # ----------------------------------------------------------------------------------------------
 
-def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """Linear warm-up to `learning_rate`, then constant or cosine decay to 0 at `num_steps`."""
-  if optim.decay == 'constant':
-    decay = optax.constant_schedule(optim.learning_rate)
-  elif optim.decay == 'cosine':
-    decay = optax.cosine_decay_schedule(optim.learning_rate,
-                                        max(num_steps - optim.warmup_steps, 1))
-  else:
-    raise ValueError(f"config.optim.decay={optim.decay!r}; allowed: 'constant', 'cosine'.")
-  if optim.warmup_steps <= 0:
-    return decay
-  warmup = optax.linear_schedule(0., optim.learning_rate, optim.warmup_steps)
-  return optax.join_schedules([warmup, decay], [optim.warmup_steps])
+# Leaves that are never weight-decayed and get no LAMB trust ratio: pix2seq's
+# `exclude_from_weight_decay='bias,beta,gamma'` (Keras names the LayerNorm shift/scale beta/gamma;
+# Flax calls them bias/scale), plus InstanceNorm++'s alpha/gamma/beta.
+NO_DECAY = ('bias', 'scale', 'alpha', 'beta', 'gamma')
+
+
+def learning_rate_schedule(peak: float, *, warmup_steps: int, num_steps: int, decay: str,
+                           cosine_fraction: float = 1.) -> optax.Schedule:
+  """pix2seq `WarmUpAndDecay`: lr = peak·s/W for s < W, then constant or a part of a cosine.
+
+  'cosine' traverses the fraction f = cosine_fraction of a cosine curve (pix2seq 'cosine@f'):
+  lr = peak·½(1 + cos(π·min(s − W, D)/D)), D = (num_steps − W)/f; it ends at ½(1 + cos(πf))·peak
+  (f = 1: 0; 0.8: 0.095; 0.7: 0.206). The count s is the number of updates done (0 at the first).
+  """
+  decay_steps = max(num_steps - warmup_steps, 1) / cosine_fraction
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    if decay == 'cosine':
+      progress = jnp.minimum(step - warmup_steps, decay_steps) / decay_steps
+      decayed = peak * 0.5 * (1. + jnp.cos(jnp.pi * progress))
+    else:
+      decayed = jnp.asarray(peak, jnp.float32)
+    if warmup_steps <= 0:
+      return decayed
+    return jnp.where(step < warmup_steps, step / warmup_steps * peak, decayed)
+
+  return schedule
 
 
 def weight_decay_mask(params: Any) -> Any:
-  """Decay matrices and conv kernels only (no biases, norms, embeddings' 1-D scales)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """True for leaves that are decayed: every leaf whose name is not in NO_DECAY."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) not in NO_DECAY, params)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-  """Adam(W) or LAMB with warm-up + decay, global-norm clipping and a weight-decay mask."""
-  lr = learning_rate_schedule(optim, num_steps)
-  if optim.name == 'adam':
-    opt = optax.adamw(lr, b1=optim.beta1, b2=optim.beta2, eps=optim.eps,
-                      weight_decay=optim.weight_decay, mask=weight_decay_mask)
-  elif optim.name == 'lamb':
-    opt = optax.lamb(lr, b1=optim.beta1, b2=optim.beta2, eps=optim.eps,
-                     weight_decay=optim.weight_decay, mask=weight_decay_mask)
-  else:
-    raise ValueError(f"config.optim.name={optim.name!r}; allowed: 'adam', 'lamb'.")
-  if optim.grad_clip > 0:
-    opt = optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt)
-  return opt
+def make_optimizer(name: str, schedule: optax.Schedule, *, b1: float, b2: float, eps: float,
+                   weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
+  """Adam(W) or LAMB; decoupled weight decay and (LAMB) trust ratio only where `weight_decay_mask`.
 
-
-# ----------------------------------------------------------------------------------------------
-# Losses: the method's pure loss with the network closed over
-# ----------------------------------------------------------------------------------------------
-
-def images_to_signed(images: jax.Array) -> jax.Array:
-  """uint8 [B,H,W,C] -> float32 in [-1, 1] (diffusion data)."""
-  return images.astype(jnp.float32) / 127.5 - 1.
-
-
-def images_to_unit(images: jax.Array) -> jax.Array:
-  """uint8 [B,H,W,C] -> float32 in [0, 1] (NCSNv2 data)."""
-  return images.astype(jnp.float32) / 255.
-
-
-def make_diffusion_loss(config: ml_collections.ConfigDict, model) -> Callable:
-  """loss_fn(params, batch, key) -> (loss, aux): Chen 2023 ε-MSE with RIN self-conditioning."""
-  d = config.diffusion
-  gamma_fn = schedules.get_gamma_fn(d.train_schedule)
-  num_classes = config.data.num_classes
-
-  def loss_fn(params, batch, key):
-    x0 = images_to_signed(batch['image'])
-    labels = batch['label'] if num_classes > 0 else None
-    drop_key, loss_key, dropout_key = jax.random.split(key, 3)
-    if labels is not None and d.label_dropout > 0:
-      labels = diffusion.drop_labels(labels, drop_key, d.label_dropout, num_classes)
-
-    def net_fn(x_in, gamma, self_cond):
-      return model.apply({'params': params}, x_in, gamma, labels, self_cond, train=True,
-                         rngs={'dropout': dropout_key})
-
-    sc_init = (jnp.zeros(model.latent_shape(x0.shape[0]), jnp.float32)
-               if model.self_cond else None)
-    return diffusion.diffusion_loss(
-        net_fn, x0, loss_key, gamma_fn=gamma_fn, b=d.input_scale, pred_target=d.pred_target,
-        normalize_input=d.normalize_input, self_cond_rate=d.self_cond_rate,
-        self_cond_init=sc_init)
-
-  return loss_fn
-
-
-def make_ncsn_loss(config: ml_collections.ConfigDict, model) -> Callable:
-  """loss_fn(params, batch, key) -> (loss, aux): NCSNv2 denoising score matching over L levels."""
-  sigmas = sampling.ncsn_sigmas(config)
-
-  def loss_fn(params, batch, key):
-    x = images_to_unit(batch['image'])
-    score_fn = lambda xs, sigma: model.apply({'params': params}, xs, sigma)
-    return score_matching.dsm_loss(score_fn, x, sigmas, key)
-
-  return loss_fn
-
-
-def make_loss_fn(config: ml_collections.ConfigDict, model) -> Callable:
-  if config.method == 'diffusion':
-    return make_diffusion_loss(config, model)
-  if config.method == 'ncsn':
-    return make_ncsn_loss(config, model)
-  raise ValueError(f"config.method={config.method!r}; allowed: 'diffusion', 'ncsn'.")
+  LAMB is tfa's `LAMB` as pix2seq builds it: Adam moments, + wd·θ, then the trust ratio
+  ‖θ‖/‖update‖ (1 when either norm is 0), except on NO_DECAY leaves, which tfa also excludes from
+  layer adaptation (its default `exclude_from_layer_adaptation = exclude_from_weight_decay`).
+  """
+  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+  parts += [optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+            optax.add_decayed_weights(weight_decay, mask=weight_decay_mask)]
+  if name == 'lamb':
+    parts.append(optax.masked(optax.scale_by_trust_ratio(), weight_decay_mask))
+  parts.append(optax.scale_by_learning_rate(schedule))
+  return optax.chain(*parts)
 
 
 # ----------------------------------------------------------------------------------------------
-# State and step
+# Train step
 # ----------------------------------------------------------------------------------------------
 
-def make_init_fn(config: ml_collections.ConfigDict, model, optimizer) -> Callable:
-  """init_fn(seed_key) -> train state (a dict pytree)."""
-
-  def init_fn(key):
-    init_key, rng = jax.random.split(key)
-    params = model.init(init_key, *models.dummy_inputs(config))['params']
-    return {
-        'step': jnp.zeros((), jnp.int32),
-        'params': params,
-        'ema_params': jax.tree.map(jnp.copy, params),
-        'opt_state': optimizer.init(params),
-        'rng': rng,
-        'nonfinite_step': jnp.full((), -1, jnp.int32),
-    }
-
-  return init_fn
-
-
-def ema_update(ema: Any, params: Any, rate: float) -> Any:
-  """EMA of parameters (NCSNv2 Technique 5): ema ← rate·ema + (1 − rate)·params."""
-  return jax.tree.map(lambda e, p: rate * e + (1. - rate) * p, ema, params)
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output('loss')
+  grad_norm: clu_metrics.Average.from_output('grad_norm')
+  learning_rate: clu_metrics.LastValue.from_output('learning_rate')
 
 
 def make_train_step(loss_fn: Callable, optimizer, ema_rate: float,
-                    lr_schedule: Optional[optax.Schedule] = None) -> Callable:
-  """train_step(state, batch) -> (state, metrics). Pure; jit it with shardings and donation."""
+                    lr_schedule: optax.Schedule) -> Callable:
+  """train_step(state, batch) -> (state, TrainMetrics). Pure; jit it with shardings and donation.
+
+  loss_fn(params, batch, key) -> (loss, aux). The EMA (NCSNv2 Technique 5; pix2seq's EMA of the
+  trainable variables) is `optax.incremental_update`: ema ← rate·ema + (1 − rate)·params.
+  """
 
   def train_step(state, batch):
     step = state['step']
@@ -177,7 +118,7 @@ def make_train_step(loss_fn: Callable, optimizer, ema_rate: float,
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    ema_params = ema_update(state['ema_params'], params, ema_rate)
+    ema_params = optax.incremental_update(params, state['ema_params'], 1. - ema_rate)
     # The update's norm catches a finite gradient that still produces non-finite parameters.
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
               & jnp.isfinite(optax.tree.norm(updates)))
@@ -191,59 +132,11 @@ def make_train_step(loss_fn: Callable, optimizer, ema_rate: float,
         'nonfinite_step': jnp.where((state['nonfinite_step'] < 0) & ~finite, step,
                                     state['nonfinite_step']),
     }
-    metrics = {'loss': loss, 'grad_norm': grad_norm}
-    if lr_schedule is not None:
-      metrics['learning_rate'] = lr_schedule(step)
+    metrics = TrainMetrics.single_from_model_output(
+        loss=loss, grad_norm=grad_norm, learning_rate=lr_schedule(step))
     return new_state, metrics
 
   return train_step
-
-
-class Experiment:
-  """Everything derived once from a config: mesh, model, optimiser, abstract state, shardings."""
-
-  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
-    self.config = config
-    self.mesh = mesh if mesh is not None else sharding_lib.make_mesh()
-    sharding_lib.check_batch_divisible(config.train.batch_size, self.mesh)
-    self.model = models.model_from_config(config)
-    self.lr_schedule = learning_rate_schedule(config.optim, config.train.num_steps)
-    self.optimizer = make_optimizer(config.optim, config.train.num_steps)
-    self.init_fn = make_init_fn(config, self.model, self.optimizer)
-    self.abstract_state = jax.eval_shape(self.init_fn, jax.random.PRNGKey(0))
-    self.state_sharding = sharding_lib.state_shardings(self.abstract_state, self.mesh,
-                                                       config.sharding.fsdp)
-    self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
-
-  @property
-  def abstract_sharded_state(self):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        self.abstract_state, self.state_sharding)
-
-  def init_state(self):
-    init = jax.jit(self.init_fn, out_shardings=self.state_sharding)
-    return init(jax.random.PRNGKey(self.config.seed))
-
-  def compiled_train_step(self):
-    step = make_train_step(make_loss_fn(self.config, self.model), self.optimizer,
-                           self.config.optim.ema_rate, self.lr_schedule)
-    batch_shardings = {'image': self.batch_sharding, 'label': self.batch_sharding}
-    return jax.jit(step, in_shardings=(self.state_sharding, batch_shardings),
-                   out_shardings=(self.state_sharding, sharding_lib.replicated(self.mesh)),
-                   donate_argnums=(0,))
-
-  def param_count(self) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.abstract_state['params'])))
-
-
-def restore_or_init(exp: Experiment, manager) -> Tuple[Any, int]:
-  """Latest restorable checkpoint (logged), else a fresh state."""
-  state, step = checkpoints.restore_latest(manager, exp.abstract_sharded_state)
-  if state is None:
-    logging.info('no checkpoint in %s: starting from step 0', manager.directory)
-    return exp.init_state(), 0
-  logging.info('resumed from checkpoint step %d in %s', step, manager.directory)
-  return state, step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,12 +163,11 @@ class PreemptionFlag:
       del frame
       logging.warning('received signal %d: will checkpoint and exit', signum)
       self.requested = True
-    if self._multiprocess:
-      return self
-    try:
-      self._previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. a notebook worker)
-      self._previous = None
+    if not self._multiprocess:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, handler)
+      except ValueError:  # not the main thread (e.g. a notebook worker)
+        self._previous = None
     return self
 
   def __exit__(self, *exc):
@@ -284,9 +176,30 @@ class PreemptionFlag:
 
   def should_stop(self, step: int) -> bool:
     if self._multiprocess:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
+
+
+class Progress(periodic_actions.ReportProgress):
+  """clu's progress report with the rate as an exponential moving average over reports.
+
+  clu rates only the last interval, so a slow interval (a checkpoint, a sample grid) swings the
+  ETA; an EMA (weight 0.3 on the newest interval) keeps it steady. Start it after the first
+  (compiling) step so compilation never enters the rate.
+  """
+
+  def __init__(self, *, num_train_steps: int, every_steps: int, writer):
+    super().__init__(num_train_steps=num_train_steps, every_steps=every_steps, every_secs=None,
+                     writer=writer)
+    self.rate = None
+
+  def _apply(self, step: int, t: float):
+    rate = (step - self._previous_step) / max(t - self._previous_time, 1e-9)
+    self.rate = rate if self.rate is None else 0.7 * self.rate + 0.3 * rate
+    eta = (self._num_train_steps - step) / self.rate
+    logging.info('step %d/%d: %.2f steps/s, ETA %s', step, self._num_train_steps, self.rate,
+                 periodic_actions._format_secs(eta))  # pylint: disable=protected-access
+    self._writer.write_scalars(step, {'steps_per_sec': self.rate})
 
 
 def check_finite(state, step: int):
@@ -299,73 +212,91 @@ def check_finite(state, step: int):
         'config.optim.grad_clip, or check the data.')
 
 
-def write_sample_grid(exp: Experiment, state, workdir: str, step: int, writer, sample_fn=None):
-  """Samples `config.train.num_sample_grid` images with the EMA params; PNG + TensorBoard."""
-  config = exp.config
-  n = sampling.device_batch_size(config.train.num_sample_grid, exp.mesh)
-  sample_fn = sample_fn or sampling.make_sample_fn(config, exp.model, exp.mesh, n)
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
-  images = sharding_lib.to_host(sample_fn(state['ema_params'], key, 0))
-  images = images[:config.train.num_sample_grid]
-  if jax.process_index() == 0:
-    grid = summaries.image_grid(images)
-    summaries.save_png(os.path.join(workdir, f'samples_step{step:07d}.png'), grid)
-    writer.image(step, 'samples', grid)
-  return sample_fn
+def write_sample_grid(exp, state, workdir: str, step: int, writer) -> Optional[str]:
+  """Samples `config.train.num_sample_grid` images with the EMA params (balanced labels: column k
+  shows class k); writes samples_step<step>.png (process 0) and TensorBoard. Returns the path."""
+  n = exp.config.train.num_sample_grid
+  sample_fn = exp.sample_fn(n, balanced_labels=True)
+  key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed + 1), step)
+  samples, _ = sample_fn(state['ema_params'], key)
+  samples = exp.to_host(samples)[:n]
+  cols = exp.config.data.num_classes or 0
+  grid = images.grid(samples, cols=cols if 0 < cols <= n else 0, scale=max(1, 64 // samples.shape[1]))
+  writer.write_images(step, {'samples': grid[None]})
+  if jax.process_index() != 0:
+    return None
+  return images.save_png(os.path.join(workdir, f'samples_step{step:07d}.png'), grid)
 
 
-def _mean_metrics(window):
-  host = jax.device_get(window)
-  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+def train_and_evaluate(exp, workdir: str) -> Dict[str, Any]:
+  """Trains `exp` (an `experiment.Experiment`) in `workdir`, resuming from its latest checkpoint.
 
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns final metrics."""
-  exp = Experiment(config)
-  is_main = jax.process_index() == 0
-  logging.info('%s: %s network with %s parameters; mesh %s over %d devices',
-               config.method, config.model.name, f'{exp.param_count():,}',
-               dict(exp.mesh.shape), exp.mesh.devices.size)
+  Returns the final metrics and the paths of every file written.
+  """
+  config, t = exp.config, exp.config.train
+  logging.info('%s: %s network with %s parameters; mesh %s over %d devices', config.method,
+               config.model.name, f'{exp.param_count():,}', dict(exp.mesh.shape),
+               exp.mesh.devices.size)
   manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'),
-                                     max_to_keep=config.train.max_to_keep)
-  state, start_step = restore_or_init(exp, manager)
-  num_steps = config.train.num_steps
-  writer = summaries.SummaryWriter(os.path.join(workdir, 'tensorboard'), enabled=is_main)
-  if start_step >= num_steps:
-    logging.info('already at step %d >= num_steps %d: nothing to train', start_step, num_steps)
-    return {'step': start_step}
+                                     max_to_keep=t.max_to_keep, keep_every=t.keep_every)
+  state, start_step = exp.restore_or_init(manager)
+  writer = metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard'),
+                                                just_logging=jax.process_index() > 0)
+  artefacts = {'tensorboard': os.path.join(workdir, 'tensorboard'), 'checkpoints': [],
+               'sample_grids': []}
+  if start_step >= t.num_steps:
+    logging.info('already at step %d >= num_steps %d: nothing to train', start_step, t.num_steps)
+    return {'step': start_step, **artefacts}
 
   batches = input_pipeline.sharded_batches(
       input_pipeline.make_train_iterator(config, start_step=start_step), exp.batch_sharding)
-  train_step = exp.compiled_train_step()
-  progress = summaries.Progress(start_step, num_steps)
-  window, last_metrics, sample_fn = [], {}, None
-  t = config.train
+  batch = next(batches)
+  logging.info('compiling the train step (first step only)...')
+  start = time.time()
+  train_step = exp.compiled_train_step(state, batch)
+  logging.info('compiled the train step in %.1f s', time.time() - start)
+  hooks = [Progress(num_train_steps=t.num_steps, every_steps=t.log_every, writer=writer)]
+  if t.profile_every > 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, every_steps=t.profile_every,
+                                          first_profile=t.profile_every))
+  train_metrics, last_metrics = None, {}
   with PreemptionFlag() as preemption:
     step = start_step
-    while step < num_steps:
-      state, metrics = train_step(state, next(batches))
+    while step < t.num_steps:
+      state, metrics = train_step(state, batch)
       step += 1
-      window.append(metrics)
-      if step % t.log_every == 0 or step == num_steps:
+      train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+      if step == start_step + 1:
+        jax.block_until_ready(state['step'])  # the clock of the progress starts after compiling
+        logging.info('step %d/%d done; steps/s and ETA follow every %d steps', step, t.num_steps,
+                     t.log_every)
+      for hook in hooks:
+        hook(step)
+      if step % t.log_every == 0 or step == t.num_steps:
         check_finite(state, step)
-        last_metrics = _mean_metrics(window)
-        window = []
-        prog = progress.update(step)
-        summaries.log_line(step, num_steps, last_metrics, prog)
-        writer.scalars(step, {**last_metrics, 'steps_per_sec': prog['steps_per_sec']})
+        last_metrics = {k: float(v) for k, v in train_metrics.compute().items()}
+        writer.write_scalars(step, last_metrics)
+        train_metrics = None
       if preemption.should_stop(step):
         check_finite(state, step)
         checkpoints.save(manager, step, state, force=True)
         manager.wait_until_finished()
-        logging.warning('preempted: saved checkpoint at step %d; rerun the same command to resume',
-                        step)
-        return {'step': step, 'preempted': True, **last_metrics}
-      if step % t.checkpoint_every == 0 or step == num_steps:
+        logging.warning('preempted: saved checkpoint step %d to %s; rerun the same command to '
+                        'resume', step, manager.directory)
+        return {'step': step, 'preempted': True, **last_metrics, **artefacts}
+      if step % t.checkpoint_every == 0 or step == t.num_steps:
         check_finite(state, step)
-        checkpoints.save(manager, step, state)
-      if t.sample_every > 0 and (step % t.sample_every == 0 or step == num_steps):
-        sample_fn = write_sample_grid(exp, state, workdir, step, writer, sample_fn)
+        if checkpoints.save(manager, step, state):
+          logging.info('saving checkpoint step %d to %s (in the background)', step,
+                       manager.directory)
+          artefacts['checkpoints'].append(os.path.join(str(manager.directory), str(step)))
+      if t.sample_every > 0 and (step % t.sample_every == 0 or step == t.num_steps):
+        path = write_sample_grid(exp, state, workdir, step, writer)
+        if path:
+          logging.info('wrote %s', path)
+          artefacts['sample_grids'].append(path)
+      if step < t.num_steps:
+        batch = next(batches)
   manager.wait_until_finished()
-  writer.close()
-  return {'step': step, **last_metrics}
+  writer.flush()
+  return {'step': step, **last_metrics, **artefacts}

@@ -7,36 +7,19 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY_RIN_FLAGS = [
-    '--config.data.image_size=16', '--config.model.patch_size=4', '--config.model.num_blocks=1',
-    '--config.model.num_layers_per_block=1', '--config.model.num_latents=8',
-    '--config.model.latent_dim=32', '--config.model.tape_dim=16', '--config.model.latent_heads=2',
-    '--config.model.rw_heads=2', '--config.train.batch_size=16', '--config.sample.num_steps=4',
-    '--config.train.num_sample_grid=8', '--config.sample.num_samples=8',
-    '--config.sample.batch_size=8', '--config.optim.warmup_steps=0',
-]
+# The demo configs with a network that compiles and steps in seconds (`common.shrink_to_tiny`).
+RIN_TINY = os.path.join(ROOT, 'configs', 'rin_digits.py') + ':tiny'
+NCSN_TINY = os.path.join(ROOT, 'configs', 'ncsnv2_digits.py') + ':tiny'
 
 
 def tiny_rin_config():
-  """configs/rin_digits.py shrunk to a model that compiles and steps in seconds."""
-  from configs import common  # pylint: disable=g-import-not-at-top
   from configs import rin_digits  # pylint: disable=g-import-not-at-top
-  config = common.shrink_to_tiny(rin_digits.get_config())
-  config.train.batch_size = 16
-  config.sample.num_steps = 4
-  config.train.num_sample_grid = 8
-  return config
+  return rin_digits.get_config('tiny')
 
 
 def tiny_ncsn_config():
-  from configs import common  # pylint: disable=g-import-not-at-top
   from configs import ncsnv2_digits  # pylint: disable=g-import-not-at-top
-  config = common.shrink_to_tiny(ncsnv2_digits.get_config())
-  config.ncsn.num_scales = 4
-  config.ncsn.n_steps_each = 2
-  config.train.batch_size = 16
-  config.train.num_sample_grid = 8
-  return config
+  return ncsnv2_digits.get_config('tiny')
 
 
 def main_command(config_file, workdir, *flags, mode='train'):

@@ -1,29 +1,34 @@
-"""Tests for ncsn_rin.input_pipeline: digits, mocked TFDS, image folders, errors, sharding."""
+"""Tests for ncsn_rin.input_pipeline and ncsn_rin.datasets: properties of the real iterators.
+
+Image-folder fixtures give every image a unique grey value (its id) and a white left column, so
+a batch shows which examples it holds and whether each was flipped.
+"""
 import os
-import time
+import subprocess
+import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs.common import base_config
+from ncsn_rin import datasets
 from ncsn_rin import input_pipeline as ip
+
+NUM_IDS, ID_SIZE = 40, 10
 
 
 def _config(name='digits', batch_size=16, image_size=32, channels=3, **data):
-  """Base config with a small batch; data overrides go to config.data."""
-  config = base_config()
-  config.train.batch_size = batch_size
-  config.data.name = name
-  config.data.image_size = image_size
-  config.data.num_channels = channels
-  config.data.shuffle_buffer = 64
-  for key, value in data.items():
-    config.data[key] = value
-  return config
+  """The config fields the pipeline reads, with a small batch; data overrides go to config.data."""
+  fields = dict(name=name, image_size=image_size, num_channels=channels, split='train',
+                data_dir='', manual_dir='', image_folder='', random_flip=True, shuffle_buffer=64,
+                download=False)
+  fields.update(data)
+  return ml_collections.ConfigDict({'seed': 0, 'train': {'batch_size': batch_size},
+                                    'data': fields})
 
 
 def _take(iterator, n):
@@ -36,14 +41,87 @@ def _assert_batches_equal(a, b):
     np.testing.assert_array_equal(a[key], b[key])
 
 
+def _train(config, n, **kwargs):
+  kwargs.setdefault('process_index', 0)
+  kwargs.setdefault('process_count', 1)
+  return _take(ip.make_train_iterator(config, **kwargs), n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Indexed sources: every example once per epoch, resumable, host-independent, deterministic flips
+
+
+@pytest.fixture(scope='module')
+def id_folder(tmp_path_factory):
+  """A flat folder of NUM_IDS 10x10 PNGs: image i is grey 5i + 10 with a white left column."""
+  folder = tmp_path_factory.mktemp('ids')
+  for i in range(NUM_IDS):
+    pixels = np.full((ID_SIZE, ID_SIZE, 3), 5 * i + 10, np.uint8)
+    pixels[:, 0] = 255
+    Image.fromarray(pixels).save(folder / f'{i:03d}.png')
+  return str(folder)
+
+
+def _ids(batch):
+  return (batch['image'][:, 5, 5, 0].astype(int) - 10) // 5
+
+
+def _flipped(batch):
+  left, right = batch['image'][:, 5, 0, 0], batch['image'][:, 5, -1, 0]
+  assert np.all((left == 255) != (right == 255))  # Exactly one white edge column.
+  return right == 255
+
+
+def _id_config(id_folder, **data):
+  return _config('image_folder', batch_size=8, image_size=ID_SIZE, image_folder=id_folder, **data)
+
+
+def test_every_example_once_per_epoch_reshuffled(id_folder):
+  batches = _train(_id_config(id_folder, random_flip=False), 2 * NUM_IDS // 8)  # Two epochs.
+  epochs = [np.concatenate([_ids(b) for b in batches[:5]]),
+            np.concatenate([_ids(b) for b in batches[5:]])]
+  for ids in epochs:
+    assert sorted(ids) == list(range(NUM_IDS))
+  assert not np.array_equal(epochs[0], epochs[1])
+  assert not any(_flipped(b).any() for b in batches)
+  assert ip.dataset_info(_id_config(id_folder)) == (NUM_IDS, 0)
+
+
+def test_resumed_batches_equal_the_uninterrupted_ones(id_folder):
+  config = _id_config(id_folder)
+  from_zero = _train(config, 8)  # 5 steps per epoch: steps 5..7 are in the second epoch.
+  for step in (3, 6):
+    for a, b in zip(from_zero[step:], _train(config, 8 - step, start_step=step)):
+      _assert_batches_equal(a, b)
+
+
+def test_two_processes_concatenate_to_the_global_batch(id_folder):
+  config = _id_config(id_folder)
+  whole = _train(config, 6)
+  parts = [_train(config, 6, process_index=p, process_count=2) for p in range(2)]
+  for step in range(6):
+    assert parts[0][step]['image'].shape[0] == 4
+    _assert_batches_equal(whole[step], {k: np.concatenate([parts[0][step][k], parts[1][step][k]])
+                                        for k in whole[step]})
+
+
+def test_flips_are_balanced_and_drawn_per_epoch(id_folder):
+  batches = _train(_id_config(id_folder), 10)  # Two epochs, random_flip=True.
+  flipped = np.concatenate([_flipped(b) for b in batches]).reshape(2, NUM_IDS)
+  ids = np.concatenate([_ids(b) for b in batches]).reshape(2, NUM_IDS)
+  assert np.all((0.2 < flipped.mean(axis=1)) & (flipped.mean(axis=1) < 0.8))  # Per epoch.
+  by_id = [dict(zip(ids[e], flipped[e])) for e in range(2)]
+  assert any(by_id[0][i] != by_id[1][i] for i in range(NUM_IDS))
+
+
 # ----------------------------------------------------------------------------------------------
 # digits
 
 
-@pytest.mark.parametrize('size,channels', [(32, 1), (32, 3), (64, 1), (64, 3)])
+@pytest.mark.parametrize('size,channels', [(32, 3), (8, 1)])
 def test_digits_shapes_values_labels(size, channels):
   config = _config(batch_size=16, image_size=size, channels=channels)
-  for batch in _take(ip.make_train_iterator(config, process_index=0, process_count=1), 2):
+  for batch in _train(config, 2):
     assert batch['image'].shape == (16, size, size, channels)
     assert batch['image'].dtype == np.uint8
     assert batch['label'].shape == (16,) and batch['label'].dtype == np.int32
@@ -58,7 +136,7 @@ def test_digits_upsampling_matches_bilinear_resize():
   config = _config(image_size=32, channels=1)
   batch = next(ip.make_eval_iterator(config, num_examples=4, batch_size=4, process_index=0,
                                      process_count=1))
-  images, labels = ip.load_digits_uint8()
+  images, labels = datasets.load_digits_uint8()
   want = tf.image.resize(images[:4].astype(np.float32), (32, 32), antialias=True)
   want = np.clip(np.round(want.numpy()), 0, 255).astype(np.uint8)
   np.testing.assert_array_equal(batch['image'], want)
@@ -66,37 +144,9 @@ def test_digits_upsampling_matches_bilinear_resize():
   assert batch['mask'].all()
 
 
-def test_digits_resume_determinism_across_epochs():
-  # 1797 // 128 = 14 steps per epoch: step 16 is in the second epoch.
-  config = _config(batch_size=128, image_size=8, channels=1)
-  from_zero = _take(ip.make_train_iterator(config, process_index=0, process_count=1), 17)
-  resumed = _take(ip.make_train_iterator(config, start_step=16, process_index=0,
-                                         process_count=1), 1)
-  _assert_batches_equal(from_zero[16], resumed[0])
-  assert not np.array_equal(from_zero[0]['image'], from_zero[14]['image'])  # Reshuffled.
-  # Order is a pure function of (seed, step).
-  idx = ip.train_indices(1797, 128, config.seed, 16)
-  images, labels = ip.load_digits_uint8()
-  np.testing.assert_array_equal(resumed[0]['label'], labels[idx])
-  np.testing.assert_array_equal(resumed[0]['image'], images[idx])
-
-
-def test_digits_hosts_are_disjoint_and_form_the_global_batch():
-  config = _config(batch_size=32, image_size=8, channels=1)
-  step = 3
-  whole = ip.make_train_iterator(config, start_step=step, process_index=0, process_count=1)
-  parts = [next(ip.make_train_iterator(config, start_step=step, process_index=p,
-                                       process_count=2)) for p in range(2)]
-  assert parts[0]['image'].shape[0] == 16
-  _assert_batches_equal(next(whole), {k: np.concatenate([parts[0][k], parts[1][k]])
-                                      for k in parts[0]})
-  idx = ip.train_indices(1797, 32, config.seed, step)
-  assert len(set(idx[:16]) & set(idx[16:])) == 0
-
-
 def test_eval_iterator_in_order_sharded_and_padded():
   config = _config(image_size=8, channels=1)
-  labels = ip.load_digits_uint8()[1]
+  labels = datasets.load_digits_uint8()[1]
   kwargs = dict(num_examples=21, batch_size=8, process_count=2)
   # Host 1 holds examples [10, 21) = 11 examples; local batches of 4.
   plain = list(ip.make_eval_iterator(config, process_index=1, **kwargs))
@@ -144,7 +194,7 @@ def test_cifar10_mock_shapes(tfds_dir):
   config = _config('cifar10', batch_size=8, image_size=16, data_dir=tfds_dir)
   with tfds.testing.mock_data(num_examples=40, data_dir=tfds_dir):
     assert ip.dataset_info(config) == (40, 10)
-    batch = next(ip.make_train_iterator(config, process_index=0, process_count=1))
+    batch = _train(config, 1)[0]
   assert batch['image'].shape == (8, 16, 16, 3) and batch['image'].dtype == np.uint8
   assert batch['label'].dtype == np.int32 and batch['label'].max() <= 9
 
@@ -153,9 +203,8 @@ def test_cifar10_mock_resume_determinism(tfds_dir):
   # 40 examples, batch 8: 5 steps per epoch; step 7 is mid second epoch (skip path).
   config = _config('cifar10', batch_size=8, data_dir=tfds_dir)
   with tfds.testing.mock_data(num_examples=40, data_dir=tfds_dir):
-    from_zero = _take(ip.make_train_iterator(config, process_index=0, process_count=1), 8)
-    resumed = _take(ip.make_train_iterator(config, start_step=7, process_index=0,
-                                           process_count=1), 1)
+    from_zero = _train(config, 8)
+    resumed = _train(config, 1, start_step=7)
   _assert_batches_equal(from_zero[7], resumed[0])
   epoch0 = np.concatenate([b['image'] for b in from_zero[:5]])
   epoch1 = np.concatenate([b['image'] for b in from_zero[5:]])
@@ -179,7 +228,7 @@ def test_celeb_a_mock_crop_and_resize(tfds_dir):
 
   config = _config('celeb_a', batch_size=4, image_size=64, data_dir=tfds_dir)
   with tfds.testing.mock_data(num_examples=8, data_dir=tfds_dir, as_dataset_fn=as_dataset):
-    batch = next(ip.make_train_iterator(config, process_index=0, process_count=1))
+    batch = _train(config, 1)[0]
   assert batch['image'].shape == (4, 64, 64, 3)
   assert batch['image'].max() == 0
   np.testing.assert_array_equal(batch['label'], 0)
@@ -200,7 +249,7 @@ def test_imagenet_mock_center_square(tfds_dir):
   config = _config('imagenet2012', batch_size=4, image_size=16, data_dir=tfds_dir)
   with tfds.testing.mock_data(num_examples=8, data_dir=tfds_dir, as_dataset_fn=as_dataset):
     assert ip.dataset_info(config) == (8, 1000)
-    batch = next(ip.make_train_iterator(config, process_index=0, process_count=1))
+    batch = _train(config, 1)[0]
   assert batch['image'].shape == (4, 16, 16, 3)
   assert batch['image'].max() <= 8  # JPEG ringing only.
   np.testing.assert_array_equal(batch['label'], 7)
@@ -234,7 +283,7 @@ def test_tfds_hosts_read_disjoint_shards(tfds_dir):
 
 
 # ----------------------------------------------------------------------------------------------
-# image_folder
+# image_folder with labels
 
 
 def _write_pngs(folder, n, color):
@@ -243,58 +292,54 @@ def _write_pngs(folder, n, color):
     Image.fromarray(np.full((10, 12, 3), color, np.uint8)).save(os.path.join(folder, f'{i}.png'))
 
 
-def test_image_folder_layout(tmp_path):
+def test_image_folder_labels_are_sorted_class_folders(tmp_path):
   _write_pngs(tmp_path / 'train' / 'cat', 6, 40)
   _write_pngs(tmp_path / 'train' / 'dog', 6, 200)
-  config = _config('image_folder', batch_size=4, image_size=8, image_folder=str(tmp_path))
-  assert ip.dataset_info(config) == (12, 2)
-  batches = _take(ip.make_train_iterator(config, process_index=0, process_count=1), 4)
-  for batch in batches:
-    assert batch['image'].shape == (4, 8, 8, 3) and batch['image'].dtype == np.uint8
-    colors = batch['image'][:, 4, 4, 0]
-    np.testing.assert_array_equal(colors, np.where(batch['label'] == 0, 40, 200))
-  resumed = next(ip.make_train_iterator(config, start_step=3, process_index=0, process_count=1))
-  _assert_batches_equal(batches[3], resumed)
-
-
-def test_image_folder_flat(tmp_path):
-  _write_pngs(tmp_path, 5, 90)
-  config = _config('image_folder', batch_size=2, image_size=4, channels=1,
+  _write_pngs(tmp_path / 'test' / 'emu', 1, 90)  # A class seen only in another split.
+  config = _config('image_folder', batch_size=4, image_size=8, channels=1,
                    image_folder=str(tmp_path))
-  assert ip.dataset_info(config) == (5, 0)
-  batch = next(ip.make_train_iterator(config, process_index=0, process_count=1))
-  assert batch['image'].shape == (2, 4, 4, 1)
-  np.testing.assert_array_equal(batch['label'], 0)
+  assert ip.dataset_info(config) == (12, 3)
+  for batch in _train(config, 4):
+    assert batch['image'].shape == (4, 8, 8, 1) and batch['image'].dtype == np.uint8
+    np.testing.assert_array_equal(batch['image'][:, 4, 4, 0],
+                                  np.where(batch['label'] == 0, 40, 200))
+  first = next(ip.make_eval_iterator(config, num_examples=12, batch_size=12))
+  assert 0 < first['label'][:6].sum() < 6  # The eval prefix mixes the classes.
 
 
 # ----------------------------------------------------------------------------------------------
-# Errors
+# The light prepared-check (no TensorFlow)
 
 
-@pytest.mark.parametrize('name,needle', [('cifar10', 'download_and_prepare'),
-                                         ('imagenet2012', 'ILSVRC2012_img_train.tar')])
-def test_missing_tfds_dataset_fails_fast(tmp_path, name, needle):
-  config = _config(name, data_dir=str(tmp_path))
-  start = time.time()
-  with pytest.raises(FileNotFoundError) as error:
-    ip.make_train_iterator(config, process_index=0, process_count=1)
-  assert time.time() - start < 10
-  message = str(error.value)
-  assert needle in message and str(tmp_path) in message and 'data.download=True' in message
+def test_check_prepared_names_the_fix_without_importing_tensorflow(tmp_path):
+  code = ('import sys\n'
+          'from ncsn_rin import datasets\n'
+          'try:\n'
+          f'  datasets.check_prepared("imagenet2012", data_dir={str(tmp_path)!r})\n'
+          'except FileNotFoundError as e:\n'
+          '  print(e)\n'
+          'print("heavy:", [m for m in ("tensorflow", "jax") if m in sys.modules])\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+  assert "TFDS data set 'imagenet2012' is not prepared" in out and str(tmp_path) in out
+  assert 'ILSVRC2012_img_train.tar' in out and 'data.download=True' in out
+  assert 'heavy: []' in out
 
 
-def test_config_errors(tmp_path):
-  with pytest.raises(ValueError, match='allowed: digits, cifar10'):
-    ip.make_train_iterator(_config('mnist'), process_index=0, process_count=1)
-  with pytest.raises(ValueError, match='batch_size=10 is not divisible .* 3'):
-    ip.make_train_iterator(_config(batch_size=10), process_index=0, process_count=3)
-  with pytest.raises(ValueError, match='image_size must be >= 1'):
-    ip.make_train_iterator(_config(image_size=0), process_index=0, process_count=1)
-  with pytest.raises(ValueError, match='num_channels'):
-    ip.make_train_iterator(_config(channels=2), process_index=0, process_count=1)
-  with pytest.raises(FileNotFoundError, match='root/<split>/<label>'):
-    ip.make_train_iterator(_config('image_folder', image_folder=str(tmp_path)),
-                           process_index=0, process_count=1)
+def test_check_prepared_cases(tfds_dir, tmp_path):
+  assert datasets.check_prepared('cifar10', data_dir=tfds_dir).is_prepared()
+  assert datasets.check_prepared('digits') is None
+  assert datasets.dataset_info('cifar10', data_dir=tfds_dir) == (40, 10)
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  (manual / 'ILSVRC2012_img_val.tar').touch()
+  ask = dict(data_dir=str(tmp_path / 'tfds'), manual_dir=str(manual), download=True)
+  with pytest.raises(FileNotFoundError, match=r"manual_dir='.*manual' lacks ILSVRC2012_img_train"):
+    datasets.check_prepared('imagenet2012', **ask)
+  (manual / 'ILSVRC2012_img_train.tar').touch()
+  assert not datasets.check_prepared('imagenet2012', **ask).is_prepared()  # To be prepared.
+  with pytest.raises(FileNotFoundError, match='no images for split'):
+    datasets.check_prepared('image_folder', image_folder=str(manual))
 
 
 # ----------------------------------------------------------------------------------------------

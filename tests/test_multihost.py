@@ -18,12 +18,12 @@ from ncsn_rin import sharding as sharding_lib
 from ncsn_rin import train
 from tests import helpers
 
-RIN_DIGITS = os.path.join(helpers.ROOT, 'configs', 'rin_digits.py')
+RIN_DIGITS = helpers.RIN_TINY
 NUM_STEPS = 3  # compared with the reference
 # Adam divides by sqrt(v) + eps: with the default eps a gradient that is zero up to round-off
 # becomes a full-size update of random sign (see test_train.test_sharded_step_matches_single_device).
 # A constant learning rate makes the first steps independent of num_steps.
-COMMON_FLAGS = helpers.TINY_RIN_FLAGS + [
+COMMON_FLAGS = [
     '--config.train.log_every=1', f'--config.train.checkpoint_every={NUM_STEPS}',
     '--config.optim.eps=1e-3', '--config.optim.decay=constant']
 # The two-process run trains "forever" (a sample grid and a checkpoint at step 3) until preempted.
@@ -215,20 +215,3 @@ def test_initialize_distributed_needs_all_three_values(distributed_calls):
     runtime.initialize_distributed('host0:1234', None, None)
   assert distributed_calls == []
 
-
-# ----------------------------------------------------------------------------------------------
-# launch/: scripts parse, and name what they expect
-# ----------------------------------------------------------------------------------------------
-
-LAUNCHERS = ['tpu_pod.sh', 'slurm_gpu.sbatch', 'local.sh']
-
-
-@pytest.mark.parametrize('name', LAUNCHERS)
-def test_launch_script_is_valid_bash_with_usage_header(name):
-  path = os.path.join(helpers.ROOT, 'launch', name)
-  result = subprocess.run(['bash', '-n', path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-  assert result.returncode == 0, result.stdout
-  text = open(path).read()
-  assert text.startswith('#!/bin/bash')
-  assert 'main.py' in text and 'Example' in text

@@ -21,14 +21,14 @@ from ncsn_rin import checkpoints
 from ncsn_rin import train
 from tests import helpers
 
-RIN_DIGITS = os.path.join(helpers.ROOT, 'configs', 'rin_digits.py')
+RIN_DIGITS = helpers.RIN_TINY
 
 # ----------------------------------------------------------------------------------------------
 # SIGKILL at random moments, restart, compare with an uninterrupted run
 # ----------------------------------------------------------------------------------------------
 
 _KILL_NUM_STEPS = 10
-_KILL_FLAGS = helpers.TINY_RIN_FLAGS + [
+_KILL_FLAGS = [
     f'--config.train.num_steps={_KILL_NUM_STEPS}', '--config.train.log_every=1',
     '--config.train.checkpoint_every=1', '--config.train.sample_every=0',
     '--config.train.max_to_keep=2']

@@ -1,93 +1,166 @@
-"""Recurrent Interface Network (RIN; Jabri, Fleet & Chen 2022), as used by Chen (2023).
+"""Recurrent Interface Network (RIN; Jabri, Fleet & Chen 2022) as the official pix2seq "Tape".
 
-The image is cut into patches that form the *interface* (the "tape", [B, N_tape, D_tape]); a smaller
-set of *latents* ([B, N_lat, D_lat]) does the heavy computation. Each block
+The function, the parameter shapes and the initialisation follow google-research/pix2seq
+`architectures/tape.py` (`ImageTapeDenoiser`) with the options of its RIN configs
+(`configs/config_diffusion_{cifar10,imagenet64}.py`: `time_on_latent=True`, `cond_on_latent=True`,
+`self_cond='latent'`, learned latent and tape position embeddings, `cond_tape_writable=False`,
+`xattn_enc_ln=False`, `conv_kernel_size=0`, `drop_att=0`):
 
-    read:    latents ← latents + CrossAttn(LN(latents), interface) ; + MLP       (Sec. 2.1, "read")
-    compute: latents ← (SelfAttn + MLP) × num_layers_per_block                  ("compute")
-    write:   interface ← interface + CrossAttn(LN(interface), latents) ; + MLP  ("write")
+    tape    = LN(Conv_p×p,stride p(x)) + pos_tape                         [B, N, Dt], N = (H/p)²
+    time    = Dense(SiLU(Dense(standardise(sincos(γ·time_scale)))))     [B, 1, Dl]  (ScalarEmbedding,
+              normalize=True, last_swish=False; Dl/4 sin/cos features, expansion 4)
+    class   = Dense(one_hot(label))                                     [B, 1, Dl]  (cond_proj; the
+              null label K, used for classifier-free guidance, is the zero vector → the bias)
+    latents = [pos_latent (latent_slots − 1 − [K>0] learned slots); time; class]  [B, latent_slots, Dl]
+            + LN₀(latent_prev + MLP(LN(latent_prev)))                  (latent self-conditioning;
+              LN₀ has a zero-initialised scale, so it is an exact no-op at initialisation)
+    per block:  read    latents += XAttn(LN(latents), tape);  latents += MLP(LN(latents))
+                compute (latents += SelfAttn(LN(latents)); latents += MLP(LN(latents))) × layers
+                write   tape += XAttn(LN(tape), latents);     tape += MLP(LN(tape))
+    output  = depth_to_space(Dense(LN(tape)))                           [B, H, W, C]
 
-and the interface is read out to pixels. The noise level enters as one latent token built from a
-sinusoidal embedding of γ·time_scale (the network is conditioned on γ, never on t, so the training and
-sampling schedules may differ — Chen 2023 Sec. 3.4, compound strategy); the class label as another.
-Latent self-conditioning (RIN Sec. 2.3): the previous pass's latents, through an MLP and a LayerNorm
-whose scale starts at zero, are added to the initial latents, so it is exactly a no-op at init.
+`latent_slots` counts every latent token, the time and class tokens included (pix2seq's
+convention: 128 slots = 126 learned + time + class). MLPs are Dense(dim·ratio) → exact GELU
+(`tf.nn.gelu`) → Dropout → Dense(dim). Attention is Keras `MultiHeadAttention` with biases, key
+width min(Dt, Dl)/heads for read/write and Dl/heads in the compute layers. Dropout (`dropout`,
+pix2seq `drop_units`) and stochastic depth (`drop_path`) act only in the compute layers, as there.
+Keras initialisation: glorot-uniform kernels with Keras's fan rule (`glorot_uniform_keras`), zero
+biases, truncated-normal(0.02) position embeddings (Keras's truncation: the std is 0.88·0.02).
+The network is conditioned on γ, never on t, so the training and sampling schedules may differ
+(Chen 2023, Sec. 3.4, compound strategy).
 
 Shapes: images [B, H, W, C] (any float dtype, already noised and optionally variance-normalised),
-gamma [B], labels [B] int32 (num_classes means "no label", for classifier-free guidance),
-latents [B, num_latents + 1 (+1 with classes), latent_dim].
+gamma [B], labels [B] int32 in [0, num_classes] (num_classes = no label), latent_prev
+[B, latent_slots, latent_dim]. Returns (prediction [B, H, W, C] float32, latents float32).
 """
 
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
+# pix2seq `get_variable_initializer()`: Keras `TruncatedNormal(stddev=0.02)`, N(0, 0.02²) redrawn
+# beyond two standard deviations (sample std 0.02·0.88); JAX's `truncated_normal` is the same law.
+POS_EMB_INIT = nn.initializers.truncated_normal(0.02)
 
-def sinusoidal_embedding(values: jax.Array, dim: int, max_period: float = 10_000.) -> jax.Array:
-  """Transformer-style sin/cos embedding of scalars. values [B] -> [B, dim] (dim even)."""
-  half = dim // 2
-  freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+
+def keras_fans(shape) -> tuple:
+  """Keras `_compute_fans`: 2-D (in, out); N-D kernels (…, in, out) multiply both by prod(shape[:-2])."""
+  if len(shape) == 2:
+    return shape[0], shape[1]
+  receptive = int(np.prod(shape[:-2]))
+  return shape[-2] * receptive, shape[-1] * receptive
+
+
+def glorot_uniform_keras(kernel_shape=None):
+  """Keras `glorot_uniform`: U(±sqrt(6 / (fan_in + fan_out))) with Keras's fans (`keras_fans`).
+
+  `kernel_shape` is the kernel's shape as Keras sees it, needed for the 3-D attention kernels
+  (Flax's DenseGeneral hands its initialiser the flattened 2-D shape): a query kernel [D, N, H]
+  has fans (N·D, H·D), an output kernel [N, H, D] has fans (H·N, D·N) — not Flax's (D, N·H).
+  """
+  def init(key, shape, dtype=jnp.float32):
+    fan_in, fan_out = keras_fans(kernel_shape or shape)
+    limit = math.sqrt(6. / (fan_in + fan_out))
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+  return init
+
+
+def sincos_features(values: jax.Array, dim: int) -> jax.Array:
+  """pix2seq `positional_encoding`: [sin(v·ω_k), cos(v·ω_k)], ω_k = 10000^(−2k/dim), k < dim/2.
+
+  values [B] -> [B, dim] float32 (dim even).
+  """
+  freqs = 10000. ** (-2. * jnp.arange(dim // 2, dtype=jnp.float32) / dim)
   args = values.astype(jnp.float32)[:, None] * freqs[None, :]
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
-class DropPath(nn.Module):
-  """Stochastic depth: drops the whole residual branch per example with probability `rate`."""
-  rate: float
+def standardise(x: jax.Array) -> jax.Array:
+  """(x − mean) / std over the last axis, parameter-free (ScalarEmbedding `normalize=True`)."""
+  return (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)
 
-  @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    if deterministic or self.rate == 0.:
-      return x
-    keep = 1. - self.rate
-    mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, mask_shape)
-    return jnp.where(mask, x / keep, 0.).astype(x.dtype)
+
+def _dense(features, dtype, name):
+  return nn.Dense(features, dtype=dtype, kernel_init=glorot_uniform_keras(), name=name)
+
+
+def _layer_norm(dtype, name, scale_init=nn.initializers.ones):
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, use_fast_variance=False, scale_init=scale_init,
+                      name=name)
 
 
 class Mlp(nn.Module):
-  """Dense(dim·ratio) → GELU → dropout → Dense(dim). [B, T, dim] -> [B, T, dim]."""
+  """pix2seq `MLP(num_layers=1)`: x + DropPath(Dense(GELU(Dense(LN(x)))) with dropout between).
+
+  [B, T, dim] -> [B, T, dim]; hidden width dim·ratio; exact (erf) GELU as `tf.nn.gelu`.
+  """
   ratio: int
   dropout: float = 0.
+  drop_path: float = 0.
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     dim = x.shape[-1]
-    h = nn.Dense(dim * self.ratio, dtype=self.dtype, name='fc1')(x)
-    h = nn.gelu(h)
+    h = _layer_norm(self.dtype, 'ln')(x)
+    h = nn.gelu(_dense(dim * self.ratio, self.dtype, 'dense1')(h), approximate=False)
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    return nn.Dense(dim, dtype=self.dtype, name='fc2')(h)
+    h = _dense(dim, self.dtype, 'dense2')(h)
+    return x + nn.Dropout(self.drop_path, broadcast_dims=(1, 2))(h, deterministic=deterministic)
 
 
 class Attention(nn.Module):
-  """Multi-head attention of `x` [B, T, Dx] over `context` [B, S, Dc] -> [B, T, Dx].
+  """Keras `MultiHeadAttention(num_heads, key_dim)` of x [B, T, Dx] over ctx [B, S, Dc] -> [B, T, Dx].
 
-  Runs through `jax.nn.dot_product_attention`, which picks fused kernels (cuDNN flash attention on
-  GPU) where the backend has them. `head_dim` defaults to min(Dx, Dc) / num_heads as in the official
-  RIN read/write units.
+  Kernels q/k/v [D, heads, key_dim] and out [heads, key_dim, Dx], all with biases; softmax of
+  q·kᵀ/√key_dim through `jax.nn.dot_product_attention` (fused kernels where the backend has them).
   """
   num_heads: int
-  head_dim: Optional[int] = None
+  key_dim: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
-    head_dim = self.head_dim or min(x.shape[-1], context.shape[-1]) // self.num_heads
-    proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name)
-    q = proj('query')(x)          # [B, T, N, H]
-    k = proj('key')(context)      # [B, S, N, H]
-    v = proj('value')(context)    # [B, S, N, H]
-    out = jax.nn.dot_product_attention(q, k, v)  # [B, T, N, H]
-    return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype, name='out')(out)
+    heads = (self.num_heads, self.key_dim)
+    proj = lambda name, inp: nn.DenseGeneral(
+        heads, dtype=self.dtype, kernel_init=glorot_uniform_keras((inp.shape[-1],) + heads),
+        name=name)(inp)
+    q, k, v = proj('query', x), proj('key', context), proj('value', context)  # [B, T|S, N, H]
+    out = jax.nn.dot_product_attention(q, k, v)                              # [B, T, N, H]
+    return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype,
+                           kernel_init=glorot_uniform_keras(heads + (x.shape[-1],)),
+                           name='out')(out)
 
 
-class AttentionMlpLayer(nn.Module):
-  """Pre-LayerNorm residual layer: x + Attn(LN(x), ctx); x + MLP(LN(x)). ctx=None: self-attention."""
+class ReadWrite(nn.Module):
+  """pix2seq `TransformerDecoder(num_layers=1, self_attention=False)`: the read and write units.
+
+  x += XAttn(LN(x), ctx) (ctx not normalised); then the MLP (if mlp_ratio > 0). No dropout.
+  x [B, T, Dx], ctx [B, S, Dc] -> [B, T, Dx]; key width min(Dx, Dc) / heads.
+  """
+  num_heads: int
+  mlp_ratio: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context, deterministic: bool):
+    key_dim = min(x.shape[-1], context.shape[-1]) // self.num_heads
+    h = _layer_norm(self.dtype, 'ln')(x)
+    x = x + Attention(self.num_heads, key_dim, self.dtype, name='attn')(h, context)
+    if self.mlp_ratio > 0:
+      x = Mlp(self.mlp_ratio, dtype=self.dtype, name='mlp')(x, deterministic)
+    return x
+
+
+class ComputeLayer(nn.Module):
+  """pix2seq `TransformerEncoderLayer`: x += DropPath(SelfAttn(LN(x))); x = MLP(x). [B, L, D]."""
   num_heads: int
   mlp_ratio: int
   dropout: float = 0.
@@ -95,19 +168,16 @@ class AttentionMlpLayer(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, context, deterministic: bool):
-    h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='attn_ln')(x)
-    h = Attention(self.num_heads, dtype=self.dtype, name='attn')(h, h if context is None else context)
-    x = x + DropPath(self.drop_path)(h, deterministic)
-    if self.mlp_ratio > 0:
-      h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='mlp_ln')(x)
-      h = Mlp(self.mlp_ratio, self.dropout, dtype=self.dtype, name='mlp')(h, deterministic)
-      x = x + DropPath(self.drop_path)(h, deterministic)
-    return x
+  def __call__(self, x, deterministic: bool):
+    h = _layer_norm(self.dtype, 'ln')(x)
+    h = Attention(self.num_heads, x.shape[-1] // self.num_heads, self.dtype, name='attn')(h, h)
+    x = x + nn.Dropout(self.drop_path, broadcast_dims=(1, 2))(h, deterministic=deterministic)
+    return Mlp(self.mlp_ratio, self.dropout, self.drop_path, self.dtype, name='mlp')(
+        x, deterministic)
 
 
 class RINBlock(nn.Module):
-  """One read → compute → write block. latents [B, L, Dl], tape [B, N, Dt] -> same shapes."""
+  """One read → compute × num_layers → write block. latents [B, L, Dl], tape [B, N, Dt]."""
   num_layers: int
   latent_heads: int
   rw_heads: int
@@ -119,30 +189,29 @@ class RINBlock(nn.Module):
 
   @nn.compact
   def __call__(self, latents, tape, deterministic: bool):
-    latents = AttentionMlpLayer(self.rw_heads, self.latent_mlp_ratio, dtype=self.dtype,
-                                name='read')(latents, tape, deterministic)
+    latents = ReadWrite(self.rw_heads, self.latent_mlp_ratio, self.dtype, name='read')(
+        latents, tape, deterministic)
     for i in range(self.num_layers):
-      latents = AttentionMlpLayer(self.latent_heads, self.latent_mlp_ratio, self.dropout,
-                                  self.drop_path, dtype=self.dtype,
-                                  name=f'compute_{i}')(latents, None, deterministic)
-    tape = AttentionMlpLayer(self.rw_heads, self.tape_mlp_ratio, dtype=self.dtype,
-                             name='write')(tape, latents, deterministic)
+      latents = ComputeLayer(self.latent_heads, self.latent_mlp_ratio, self.dropout,
+                             self.drop_path, self.dtype, name=f'compute_{i}')(latents, deterministic)
+    tape = ReadWrite(self.rw_heads, self.tape_mlp_ratio, self.dtype, name='write')(
+        tape, latents, deterministic)
     return latents, tape
 
 
 class RIN(nn.Module):
-  """Recurrent Interface Network denoiser. See the module docstring for shapes.
+  """Recurrent Interface Network denoiser (pix2seq `ImageTapeDenoiser`); see the module docstring.
 
-  `__call__(x, gamma, labels=None, latent_prev=None, train=False)` returns (prediction [B,H,W,C] in
-  float32, latents [B, L_total, latent_dim] float32) — the latents feed the next pass's
-  self-conditioning.
+  `__call__(x, gamma, labels=None, latent_prev=None, train=False)` returns (prediction [B,H,W,C]
+  float32, latents [B, latent_slots, latent_dim] float32 — the next pass's self-conditioning input).
   """
   image_size: int
   num_channels: int = 3
+  num_classes: int = 0
   patch_size: int = 2
   num_blocks: int = 3
   num_layers_per_block: int = 2
-  num_latents: int = 128
+  latent_slots: int = 128
   latent_dim: int = 512
   tape_dim: int = 256
   latent_heads: int = 16
@@ -151,84 +220,64 @@ class RIN(nn.Module):
   tape_mlp_ratio: int = 2
   dropout: float = 0.
   drop_path: float = 0.
-  num_classes: int = 0
   time_scale: float = 1000.
   self_cond: bool = True
   remat: bool = False
   dtype: Dtype = jnp.float32
 
-  @property
-  def num_latent_tokens(self) -> int:
-    """Latents + the noise-level token (+ the class token)."""
-    return self.num_latents + 1 + (1 if self.num_classes > 0 else 0)
-
   def latent_shape(self, batch_size: int):
-    return (batch_size, self.num_latent_tokens, self.latent_dim)
+    return (batch_size, self.latent_slots, self.latent_dim)
 
   def _tape(self, x):
     """Patch embedding (conv, kernel = stride = patch) → LN → + learned position. -> [B, N, Dt]."""
     p = self.patch_size
     tokens = nn.Conv(self.tape_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                     name='stem')(x.astype(self.dtype))
+                     kernel_init=glorot_uniform_keras(), name='stem')(x.astype(self.dtype))
     b, h, w, d = tokens.shape
-    tokens = tokens.reshape(b, h * w, d)
-    pos = self.param('tape_pos', nn.initializers.truncated_normal(0.02), (h * w, d))
-    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='stem_ln')(tokens) + pos
+    pos = self.param('tape_pos', POS_EMB_INIT, (h * w, d))
+    return _layer_norm(self.dtype, 'stem_ln')(tokens.reshape(b, h * w, d)) + pos
 
   def _condition_tokens(self, gamma, labels):
-    """Noise-level token (sin-embedding of γ·time_scale → MLP) and class token. -> [B, 1|2, Dl]."""
-    emb = sinusoidal_embedding(gamma * self.time_scale, self.latent_dim // 4)
-    emb = nn.Dense(self.latent_dim, dtype=self.dtype, name='time_fc1')(emb)
-    emb = nn.Dense(self.latent_dim, dtype=self.dtype, name='time_fc2')(nn.silu(emb))
-    tokens = [nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='time_ln')(emb)]
+    """Time token (ScalarEmbedding) and, with classes, the class token. -> [B, 1|2, Dl]."""
+    emb = standardise(sincos_features(gamma * self.time_scale, self.latent_dim // 4))
+    emb = nn.silu(_dense(self.latent_dim, self.dtype, 'time_dense0')(emb))
+    tokens = [_dense(self.latent_dim, self.dtype, 'time_dense1')(emb)]
     if self.num_classes > 0:
-      if labels is None:
-        raise ValueError(f'RIN was built with num_classes={self.num_classes} but got labels=None; '
-                         f'pass int labels [B] (use {self.num_classes} for "no label").')
-      table = nn.Embed(self.num_classes + 1, self.latent_dim, name='class_embed')
-      tokens.append(table(labels).astype(self.dtype))
+      one_hot = jax.nn.one_hot(labels, self.num_classes, dtype=self.dtype)  # label K -> zeros
+      tokens.append(_dense(self.latent_dim, self.dtype, 'class_proj')(one_hot))
     return jnp.stack(tokens, axis=1)
 
-  def _initial_latents(self, batch_size, cond_tokens, latent_prev, deterministic):
-    latents = self.param('latents', nn.initializers.truncated_normal(0.02),
-                         (self.num_latents, self.latent_dim))
-    latents = jnp.broadcast_to(latents.astype(self.dtype),
-                               (batch_size,) + latents.shape)
-    latents = jnp.concatenate([latents, cond_tokens.astype(self.dtype)], axis=1)
-    if self.self_cond:
-      if latent_prev is None:
-        latent_prev = jnp.zeros(self.latent_shape(batch_size), self.dtype)
-      prev = latent_prev.astype(self.dtype)
-      h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='latent_prev_in_ln')(prev)
-      prev = prev + Mlp(self.latent_mlp_ratio, dtype=self.dtype, name='latent_prev_mlp')(
-          h, deterministic)
-      latents = latents + nn.LayerNorm(epsilon=1e-6, dtype=self.dtype,
-                                       scale_init=nn.initializers.zeros,
-                                       name='latent_prev_ln')(prev)
-    return latents
+  def _initial_latents(self, cond_tokens, latent_prev, deterministic):
+    batch_size, num_cond = cond_tokens.shape[0], cond_tokens.shape[1]
+    learned = self.param('latent_pos', POS_EMB_INIT,
+                         (self.latent_slots - num_cond, self.latent_dim))
+    learned = jnp.broadcast_to(learned.astype(self.dtype), (batch_size,) + learned.shape)
+    latents = jnp.concatenate([learned, cond_tokens.astype(self.dtype)], axis=1)
+    if not self.self_cond:
+      return latents
+    if latent_prev is None:
+      latent_prev = jnp.zeros(self.latent_shape(batch_size), self.dtype)
+    prev = Mlp(self.latent_mlp_ratio, dtype=self.dtype, name='latent_prev_proj')(
+        latent_prev.astype(self.dtype), deterministic)
+    return latents + _layer_norm(self.dtype, 'latent_prev_ln', nn.initializers.zeros)(prev)
 
-  def _readout(self, tape, batch_size):
-    p, c = self.patch_size, self.num_channels
-    n = self.image_size // p
-    out = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='out_ln')(tape)
-    out = nn.Dense(p * p * c, dtype=self.dtype, name='out_dense')(out)  # [B, n*n, p*p*c]
-    out = out.reshape(batch_size, n, n, p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return out.reshape(batch_size, n * p, n * p, c).astype(jnp.float32)
+  def _readout(self, tape):
+    """LN → Dense(p·p·C) → depth_to_space (channel index (i·p + j)·C + c). -> [B, H, W, C]."""
+    p, c, n = self.patch_size, self.num_channels, self.image_size // self.patch_size
+    out = _dense(p * p * c, self.dtype, 'out_dense')(_layer_norm(self.dtype, 'out_ln')(tape))
+    out = out.reshape(-1, n, n, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return out.reshape(-1, n * p, n * p, c).astype(jnp.float32)
 
   @nn.compact
   def __call__(self, x, gamma, labels=None, latent_prev=None, train: bool = False):
-    if x.shape[1] % self.patch_size or x.shape[2] % self.patch_size:
-      raise ValueError(f'image size {x.shape[1:3]} is not divisible by patch_size='
-                       f'{self.patch_size}; pick a patch size that divides the image size.')
     deterministic = not train
-    batch_size = x.shape[0]
     tape = self._tape(x)
-    cond_tokens = self._condition_tokens(gamma, labels)
-    latents = self._initial_latents(batch_size, cond_tokens, latent_prev, deterministic)
+    latents = self._initial_latents(self._condition_tokens(gamma, labels), latent_prev,
+                                    deterministic)
     block_cls = nn.remat(RINBlock, static_argnums=(3,)) if self.remat else RINBlock
     for i in range(self.num_blocks):
       latents, tape = block_cls(
           self.num_layers_per_block, self.latent_heads, self.rw_heads, self.latent_mlp_ratio,
-          self.tape_mlp_ratio, self.dropout, self.drop_path, dtype=self.dtype,
+          self.tape_mlp_ratio, self.dropout, self.drop_path, self.dtype,
           name=f'block_{i}')(latents, tape, deterministic)
-    return self._readout(tape, batch_size), latents.astype(jnp.float32)
+    return self._readout(tape), latents.astype(jnp.float32)
