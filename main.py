@@ -42,30 +42,34 @@ def _fail(message: str):
   sys.exit(2)
 
 
-def _config_flag_error(error: Exception, argv) -> str:
-  """One line for a bad --config.* override or config file (ml_collections raises several types)."""
-  text = str(error).replace('\\n', '\n').strip('\'"')
-  typo = re.search(r"'(\w+)'.*?Did you mean \"(\w+)\"", text, re.S)
-  if typo:
-    flag = next((a for a in argv if re.search(rf'\.{typo[1]}(=|$)', a)), typo[1])
-    return (f'{flag}: the config has no field {typo[1]!r} (did you mean {typo[2]!r}?); the '
-            'fields and their defaults are in configs/common.py')
-  return ' '.join(text.split())
+def _flag_error_line(error: Exception, argv) -> str:
+  """One line for a bad flag, --config.* override or config file (ml_collections raises several
+  exception types, some with the Python traceback of the config file in the message)."""
+  text = str(error).replace('\\n', '\n').replace("\\'", "'")
+  typo = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+  if isinstance(error, (KeyError, AttributeError)):
+    name = typo[2] if typo else text.strip('\'" ').split('\n')[0].strip('\'" ')
+    flag = next((a for a in argv if re.search(rf'\.{re.escape(name)}(=|$)', a)), name)
+    hint = f' (did you mean {typo[1]!r}?)' if typo else ''
+    return (f'{flag}: the config has no field {name!r}{hint}; the fields and their defaults are '
+            'in configs/common.py')
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  head, last = lines[0], lines[-1]
+  if 'config' in head and ('config file' in head or 'Configuration' in head):
+    head = next((a for a in argv if a.startswith('--config=')), '--config')
+  return head if head == last else f'{head.rstrip(":")}: {last}'
 
 
 def parse_flags(argv):
   """absl's flag parsing with user errors as one line (exit 2) instead of a traceback."""
-  debug = '--debug' in argv
   try:
     rest = flags.FLAGS(argv)
-    flags.FLAGS.validate_all_flags()
+    flags.FLAGS.config.keys()  # loads the config file now, so its errors are reported here
     return rest
-  except flags.Error as e:
-    _fail(f'{e} (see python main.py --help)')
-  except Exception as e:  # pylint: disable=broad-except  # ml_collections' parse errors
-    if debug:
+  except Exception as e:  # pylint: disable=broad-except
+    if '--debug' in argv:
       raise
-    _fail(_config_flag_error(e, argv))
+    _fail(_flag_error_line(e, argv))
 
 
 def main(argv):

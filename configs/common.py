@@ -128,7 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
   evaluation.inception_weights = ''  # local default_1.pt or converted .npz ('' = cache)
   evaluation.fid_stats_num = 50_000  # images of the data set used for reference statistics
   evaluation.protocol = 'tfgan'  # tfgan (TTUR / TF-GAN; RIN papers) | pytorch_fid (NCSNv2) | clean
-  evaluation.inception_batch = 8  # images per device per Inception call (bounds the memory)
+  evaluation.ref_protocol = ''  # protocol of ref_stats ('' = protocol); NCSNv2's CIFAR-10 used TTUR's (tfgan)
+  evaluation.inception_batch = 0  # images per device per Inception call; 0: automatic (1 on CPU)
   evaluation.checkpoints = 'latest'  # latest | all | '10000,20000' (FID of each, one row each)
   evaluation.balanced_labels = False  # class labels of FID samples: uniform random (pix2seq) or cycled
 

@@ -21,6 +21,10 @@ class CheckpointShapeError(UserError, ValueError):
   """The checkpoint on disk was written by a network of a different shape."""
 
 
+class NoRestorableCheckpointError(UserError, RuntimeError):
+  """Every checkpoint in the workdir is damaged."""
+
+
 # Parameter names of the RIN before it followed pix2seq's Tape function and initialisation
 # (2026-11-29): LayerNorm-ed time token, class embedding table, learned latents named 'latents'.
 _PRE_FIDELITY_RIN_NAMES = ('time_ln', 'class_embed', 'latent_prev_in_ln')
@@ -131,5 +135,5 @@ def restore_latest(manager: ocp.CheckpointManager,
     if failed:
       logging.warning('checkpoint step %s is corrupt; fell back to step %d', failed, step)
     return state, step
-  raise RuntimeError(f'no checkpoint in {manager.directory} could be restored (tried steps '
+  raise NoRestorableCheckpointError(f'no checkpoint in {manager.directory} could be restored (tried steps '
                      f'{steps}); move the directory aside to start from scratch.')

@@ -96,7 +96,7 @@ def sample_to_workdir(exp, workdir: str) -> Dict[str, Any]:
 def _feature_fn(config, mesh):
   params = inception.load_inception_params(config.eval.inception_weights or None)
   return inception.make_feature_fn(params, mesh, protocol=config.eval.protocol,
-                                   chunk_size=config.eval.inception_batch)
+                                   chunk_size=config.eval.inception_batch or None)
 
 
 def default_stats_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -143,6 +143,7 @@ def _row_settings(config) -> Dict[str, Any]:
   """What a FID row depends on besides the checkpoint (rows with equal settings are comparable)."""
   s, e = config.sample, config.eval
   settings = {'num_samples': e.num_samples, 'protocol': e.protocol, 'seed': config.seed,
+              'ref_protocol': e.ref_protocol or e.protocol,
               'reference': e.ref_stats or 'fid_stats.npz', 'balanced_labels': e.balanced_labels}
   if config.method == 'diffusion':
     settings.update(sampler=s.method, sampler_steps=s.num_steps,
@@ -239,7 +240,8 @@ def evaluate_fid(exp, workdir: str) -> Dict[str, Any]:
   """FID of each checkpoint in `config.eval.checkpoints` (see the module docstring)."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   config = exp.config
-  ref = fid.load_statistics(default_stats_path(config, workdir), protocol=config.eval.protocol)
+  ref = fid.load_statistics(default_stats_path(config, workdir),
+                            protocol=config.eval.ref_protocol or config.eval.protocol)
   manager = _manager(exp, workdir)
   settings = _row_settings(config)
   settings_id = _settings_id(settings)

@@ -22,7 +22,7 @@ def path(p) -> epath.Path:
 def write_bytes(target, data: bytes) -> str:
   """Writes `data` to `target` atomically; returns the path as a string."""
   target = path(target)
-  if target.as_uri().startswith('gs://'):
+  if str(target).startswith('gs://'):
     target.write_bytes(data)
     return str(target)
   tmp = target.parent / f'.{target.name}.tmp{os.getpid()}'

