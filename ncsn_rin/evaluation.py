@@ -21,7 +21,9 @@ import time
 from typing import Any, Dict, List
 
 from absl import logging
+from clu import metric_writers
 import jax
+from matplotlib import figure
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -32,6 +34,7 @@ from ncsn_rin import images
 from ncsn_rin import input_pipeline
 from ncsn_rin import noise_scales
 from ncsn_rin import sampling
+from ncsn_rin import sharding
 from ncsn_rin import validation
 from ncsn_rin.metrics import fid
 from ncsn_rin.metrics import inception
@@ -71,8 +74,8 @@ def sample_to_workdir(exp, workdir: str) -> Dict[str, Any]:
                               n, batch)
   for _, samples, lbls in tqdm(batches, total=-(-n // batch), desc='sampling',
                                disable=not _is_main()):
-    chunks.append(exp.to_host(samples))
-    labels.append(exp.to_host(lbls))
+    chunks.append(sharding.to_host(samples))
+    labels.append(sharding.to_host(lbls))
   samples = np.concatenate(chunks)[:n]
   result = {'step': step, 'num_samples': n, 'seconds': time.time() - start,
             'sample_config': config.sample.to_dict()}
@@ -110,18 +113,17 @@ def compute_reference_statistics(config: ml_collections.ConfigDict, workdir: str
   Each host reads its contiguous share (zero-padded to equal batches, with a mask), the batch is
   one global array, and every host accumulates the features of all real rows.
   """
-  from ncsn_rin import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  mesh = mesh or sharding_lib.make_mesh()
+  mesh = mesh or sharding.make_mesh()
   e = config.eval
   feature_fn = _feature_fn(config, mesh)
-  batch_sharding = sharding_lib.batch_sharding(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
   stats = fid.RunningStatistics(inception.FEATURE_DIM)
   batches = input_pipeline.make_eval_iterator(config, num_examples=e.fid_stats_num,
                                               batch_size=e.batch_size, pad=True)
   total = -(-e.fid_stats_num // e.batch_size)
   for local in tqdm(batches, total=total, desc='fid_stats', disable=not _is_main()):
     batch = input_pipeline.global_batch(local, batch_sharding)
-    mask = np.asarray(multihost_gather(batch['mask']), bool)
+    mask = np.asarray(sharding.to_host(batch['mask']), bool)
     stats.update(feature_fn(batch['image'])[mask])
   path = default_stats_path(config, workdir)
   description = (f'{config.data.name} split={config.data.split} first {stats.count} images at '
@@ -132,11 +134,6 @@ def compute_reference_statistics(config: ml_collections.ConfigDict, workdir: str
     logging.info('wrote %s (%d images)', path, stats.count)
   return {'path': path, 'n': int(stats.count), 'description': description,
           'protocol': e.protocol}
-
-
-def multihost_gather(x: jax.Array) -> np.ndarray:
-  from ncsn_rin.experiment import Experiment  # pylint: disable=g-import-not-at-top
-  return Experiment.to_host(x)
 
 
 def _row_settings(config) -> Dict[str, Any]:
@@ -220,11 +217,9 @@ def _load_eval_progress(path: str):
 
 
 def _plot_fid_vs_step(rows: List[Dict[str, Any]], path: str) -> str:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   rows = sorted(rows, key=lambda r: r['checkpoint_step'])
-  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  fig = figure.Figure(figsize=(5, 3.5), dpi=120)
+  ax = fig.subplots()
   ax.plot([r['checkpoint_step'] for r in rows], [r['fid'] for r in rows], 'o-')
   ax.set_xlabel('training step')
   ax.set_ylabel(f'FID ({rows[0]["num_samples"]} samples, {rows[0]["protocol"]})')
@@ -232,13 +227,11 @@ def _plot_fid_vs_step(rows: List[Dict[str, Any]], path: str) -> str:
   buffer = io.BytesIO()
   fig.tight_layout()
   fig.savefig(buffer, format='png')
-  plt.close(fig)
   return files.write_bytes(path, buffer.getvalue())
 
 
 def evaluate_fid(exp, workdir: str) -> Dict[str, Any]:
   """FID of each checkpoint in `config.eval.checkpoints` (see the module docstring)."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   config = exp.config
   ref = fid.load_statistics(default_stats_path(config, workdir),
                             protocol=config.eval.ref_protocol or config.eval.protocol)
@@ -303,7 +296,7 @@ def tune_noise(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any
       max_dist, dim, config.ncsn.sigma_min, config.ncsn.n_steps_each,
       target_overlap=config.ncsn.target_overlap)
   print(f'\nNCSNv2 noise hyperparameters derived from {num} images of {config.data.name} '
-        f'(D={dim}):\n{noise_scales.format_config_snippet(derived)}\n')
+        f'(D={dim}):\n{noise_scales.format_config_snippet(derived, "config.ncsn")}\n')
   result = {k: float(v) if np.ndim(v) == 0 and not isinstance(v, (int, np.integer)) else v
             for k, v in derived.items()}
   if _is_main():

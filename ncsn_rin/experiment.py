@@ -14,7 +14,6 @@ from typing import Any, Callable, Optional, Tuple
 from absl import logging
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -188,12 +187,3 @@ class Experiment:
         clip_x0=s.clip_x0, ddpm_variance=s.ddpm_variance, guidance_scale=s.guidance_scale,
         num_classes=c.data.num_classes, balanced_labels=balanced,
         self_cond=getattr(self.model, 'self_cond', False), sharding=self.batch_sharding)
-
-  @staticmethod
-  def to_host(x: Optional[jax.Array]) -> Optional[np.ndarray]:
-    """A global array as one numpy array on every process (all-gathered across hosts)."""
-    if x is None:
-      return None
-    if x.is_fully_addressable:
-      return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

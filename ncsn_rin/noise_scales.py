@@ -225,9 +225,9 @@ def derive_noise_config(max_distance: float, dim: int, sigma_min: float, n_steps
   }
 
 
-def format_config_snippet(derived: Mapping[str, Any], target: str = 'config.ncsn') -> str:
-  """Renders `derive_noise_config` output as lines `<target>.<field> = value` to paste into a
-  config file (ε to 3 significant digits), then a comment with γ, C and the Prop. 3 ratio."""
+def format_config_snippet(derived: Mapping[str, Any], target: str) -> str:
+  """Renders `derive_noise_config` output as lines `<target>.<field> = value` (target: the
+  experiment file's name for its NCSN section) to paste into a config file (ε to 3 significant digits), then a comment with γ, C and the Prop. 3 ratio."""
   values = dict(derived, step_lr=float('%.3g' % derived['step_lr']))
   lines = [f'{target}.{field} = {values[field]!r}'
            for field in ('sigma_max', 'sigma_min', 'num_scales', 'n_steps_each', 'step_lr')]

@@ -9,6 +9,7 @@ all-gathers and reduce-scatters), which is what lets the 320M–412M RIN configs
 from typing import Any, Optional, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -54,3 +55,12 @@ def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool) -> Any:
     return NamedSharding(mesh, fsdp_spec(shape, n))
 
   return jax.tree.map(leaf_sharding, abstract_state)
+
+
+def to_host(x: Optional[jax.Array]) -> Optional[np.ndarray]:
+  """A global array as one numpy array on every process (all-gathered across hosts); None stays."""
+  if x is None:
+    return None
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

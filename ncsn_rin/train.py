@@ -29,6 +29,7 @@ import optax
 from ncsn_rin import checkpoints
 from ncsn_rin import images
 from ncsn_rin import input_pipeline
+from ncsn_rin import sharding
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -219,7 +220,7 @@ def write_sample_grid(exp, state, workdir: str, step: int, writer) -> Optional[s
   sample_fn = exp.sample_fn(n, balanced_labels=True)
   key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed + 1), step)
   samples, _ = sample_fn(state['ema_params'], key)
-  samples = exp.to_host(samples)[:n]
+  samples = sharding.to_host(samples)[:n]
   cols = exp.config.data.num_classes or 0
   grid = images.grid(samples, cols=cols if 0 < cols <= n else 0, scale=max(1, 64 // samples.shape[1]))
   writer.write_images(step, {'samples': grid[None]})

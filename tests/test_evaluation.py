@@ -38,7 +38,7 @@ def _fake_inception(monkeypatch, kill_after=None):
       if kill_after is not None and len(calls) >= kill_after:
         raise _Killed(f'killed after {len(calls)} batches')
       calls.append(len(images))
-      x = np.asarray(experiment.Experiment.to_host(images), np.float64)
+      x = np.asarray(sharding.to_host(images), np.float64)
       x = x.reshape(len(x), -1) / 255.
       proj = np.random.default_rng(0).standard_normal((x.shape[1], 2048)) / np.sqrt(x.shape[1])
       return np.tanh(x @ proj)
@@ -179,8 +179,20 @@ def test_eval_and_sample_leave_the_run_config_alone_and_samples_carry_labels(
   with open(os.path.join(workdir, 'eval_results.json')) as f:
     assert json.load(f)[-1]['num_samples'] == 9  # the override is recorded with the result
   with np.load(result['npz']) as f:
-    assert f['images'].shape == (12, 16, 16, 1) and f['labels'].shape == (12,)
-    assert f['labels'].dtype == np.int32 and f['labels'].max() < 10
+    images, labels = f['images'], f['labels']
+  assert images.shape == (12, 16, 16, 1) and labels.shape == (12,)
+  assert labels.dtype == np.int32 and labels.max() < 10
+  # The samples come from the EMA parameters (pix2seq's denoiser_ema), not the raw ones.
+  exp = experiment.Experiment(config)
+  manager = checkpoints.make_manager(os.path.join(workdir, 'checkpoints'))
+  state = checkpoints.restore(manager, 2, exp.abstract_sharded_state)
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), 0)
+  first_batch = exp.sample_fn(config.sample.batch_size)  # batch 0 of the two (8 + 4 kept)
+  from_ema, ema_labels = first_batch(state['ema_params'], key)
+  from_raw, _ = first_batch(state['params'], key)
+  np.testing.assert_array_equal(images[:8], np.asarray(from_ema))
+  np.testing.assert_array_equal(labels[:8], np.asarray(ema_labels))
+  assert (np.asarray(from_raw) != np.asarray(from_ema)).any()
 
 
 # ------------------------------------------------------------------------------------------------

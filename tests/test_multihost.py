@@ -88,6 +88,7 @@ def _start(cmd, log_path, num_devices):
                             stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_and_stop_together_on_sigterm(tmp_path):
   """2 processes x 2 CPU devices (gloo collectives) == 1 process x 4 devices; then SIGTERM to one
   process only: both save one checkpoint at the same step and exit 0 (JAX's preemption sync)."""

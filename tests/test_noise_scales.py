@@ -197,7 +197,7 @@ def test_derive_noise_config_and_snippet():
   assert derived['step_lr'] == pytest.approx(ns.choose_step_lr(5, gamma, SIGMA_MIN))
   assert derived['ratio_achieved'] == pytest.approx(
       recursion_ratio(derived['step_lr'], 5, gamma), rel=1e-12)
-  snippet = ns.format_config_snippet(derived)
+  snippet = ns.format_config_snippet(derived, 'config.ncsn')
   config = types.SimpleNamespace(ncsn=types.SimpleNamespace())
   exec(snippet, {'config': config})  # pylint: disable=exec-used
   assert config.ncsn.sigma_max == 50.0 and config.ncsn.num_scales == num_scales

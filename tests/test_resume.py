@@ -74,6 +74,7 @@ def _tail(path):
   return open(path).read()[-3000:]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
   abstract = experiment.Experiment(helpers.tiny_rin_config()).abstract_sharded_state
   cache = str(tmp_path / 'xla_cache')

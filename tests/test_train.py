@@ -218,6 +218,7 @@ def test_fsdp_shards_large_parameters():
 # The loop: main.py end to end, non-finite stop, SIGTERM
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_main_trains_logs_progress_and_artefacts_then_resumes(tmp_path):
   workdir = str(tmp_path / 'run')
   flags = ['--config.train.log_every=1', '--config.train.checkpoint_every=3',
@@ -275,6 +276,7 @@ def test_nonfinite_training_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state['params']))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_restorable_checkpoint_and_exits_zero(tmp_path):
   workdir = str(tmp_path / 'run')
   log = str(tmp_path / 'log.txt')
@@ -297,6 +299,7 @@ def test_sigterm_saves_restorable_checkpoint_and_exits_zero(tmp_path):
   assert step == steps[0] and int(state['step']) == step
 
 
+@pytest.mark.slow
 def test_ncsn_main_trains_and_samples(tmp_path):
   workdir = str(tmp_path / 'ncsn')
   flags = ['--config.train.num_steps=2', '--config.train.log_every=1',

@@ -1,5 +1,5 @@
 """Networks. They map tensors to tensors and never read a config: `experiment.build_model` splats
-`config.model` (`name` + constructor arguments) into `MODELS[name]`."""
+the config's model section (`name` + constructor arguments) into `MODELS[name]`."""
 
 from ncsn_rin.models.refinenet import NCSNv2, NCSNv2Deeper, NCSNv2Deepest
 from ncsn_rin.models.rin import RIN

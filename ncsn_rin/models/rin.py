@@ -139,28 +139,14 @@ class Attention(nn.Module):
                            name='out')(out)
 
 
-class ReadWrite(nn.Module):
-  """pix2seq `TransformerDecoder(num_layers=1, self_attention=False)`: the read and write units.
+class AttentionLayer(nn.Module):
+  """x += DropPath(Attn(LN(x), ctx)); then the MLP (if mlp_ratio > 0). x [B, T, Dx] -> same.
 
-  x += XAttn(LN(x), ctx) (ctx not normalised); then the MLP (if mlp_ratio > 0). No dropout.
-  x [B, T, Dx], ctx [B, S, Dc] -> [B, T, Dx]; key width min(Dx, Dc) / heads.
+  context=None: self-attention, pix2seq `TransformerEncoderLayer` (the compute layers, with dropout
+  and drop path). A context [B, S, Dc]: cross-attention to it, not normalised, pix2seq
+  `TransformerDecoderLayer(self_attention=False)` (the read and write units, no dropout). Key width
+  min(Dx, Dc) / heads (Dx / heads for self-attention), as pix2seq's `dim_x_att`.
   """
-  num_heads: int
-  mlp_ratio: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, context, deterministic: bool):
-    key_dim = min(x.shape[-1], context.shape[-1]) // self.num_heads
-    h = _layer_norm(self.dtype, 'ln')(x)
-    x = x + Attention(self.num_heads, key_dim, self.dtype, name='attn')(h, context)
-    if self.mlp_ratio > 0:
-      x = Mlp(self.mlp_ratio, dtype=self.dtype, name='mlp')(x, deterministic)
-    return x
-
-
-class ComputeLayer(nn.Module):
-  """pix2seq `TransformerEncoderLayer`: x += DropPath(SelfAttn(LN(x))); x = MLP(x). [B, L, D]."""
   num_heads: int
   mlp_ratio: int
   dropout: float = 0.
@@ -168,12 +154,16 @@ class ComputeLayer(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
+  def __call__(self, x, context, deterministic: bool):
     h = _layer_norm(self.dtype, 'ln')(x)
-    h = Attention(self.num_heads, x.shape[-1] // self.num_heads, self.dtype, name='attn')(h, h)
+    context = h if context is None else context
+    key_dim = min(x.shape[-1], context.shape[-1]) // self.num_heads
+    h = Attention(self.num_heads, key_dim, self.dtype, name='attn')(h, context)
     x = x + nn.Dropout(self.drop_path, broadcast_dims=(1, 2))(h, deterministic=deterministic)
-    return Mlp(self.mlp_ratio, self.dropout, self.drop_path, self.dtype, name='mlp')(
-        x, deterministic)
+    if self.mlp_ratio > 0:
+      x = Mlp(self.mlp_ratio, self.dropout, self.drop_path, self.dtype, name='mlp')(
+          x, deterministic)
+    return x
 
 
 class RINBlock(nn.Module):
@@ -189,13 +179,14 @@ class RINBlock(nn.Module):
 
   @nn.compact
   def __call__(self, latents, tape, deterministic: bool):
-    latents = ReadWrite(self.rw_heads, self.latent_mlp_ratio, self.dtype, name='read')(
-        latents, tape, deterministic)
+    latents = AttentionLayer(self.rw_heads, self.latent_mlp_ratio, dtype=self.dtype,
+                             name='read')(latents, tape, deterministic)
     for i in range(self.num_layers):
-      latents = ComputeLayer(self.latent_heads, self.latent_mlp_ratio, self.dropout,
-                             self.drop_path, self.dtype, name=f'compute_{i}')(latents, deterministic)
-    tape = ReadWrite(self.rw_heads, self.tape_mlp_ratio, self.dtype, name='write')(
-        tape, latents, deterministic)
+      latents = AttentionLayer(self.latent_heads, self.latent_mlp_ratio, self.dropout,
+                               self.drop_path, self.dtype, name=f'compute_{i}')(
+                                   latents, None, deterministic)
+    tape = AttentionLayer(self.rw_heads, self.tape_mlp_ratio, dtype=self.dtype,
+                          name='write')(tape, latents, deterministic)
     return latents, tape
 
 
