@@ -5,7 +5,7 @@ Each case is (name, config, batch): the network and data shape are exactly the e
 `--quick` replaces every case by a tiny network with the same code path.
 """
 
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -43,16 +43,20 @@ def tiny_refinenet():
   return common.shrink_to_tiny(ncsnv2_digits.get_config())
 
 
-def train_cases(quick: bool, keep_dtype: bool = False) -> List[Case]:
-  """Train-step cases: the digits demos at their batch, the paper shapes at a CPU-sized batch."""
+def train_cases(quick: bool, keep_dtype: bool = False,
+                batch_size: Optional[int] = None) -> List[Case]:
+  """Train-step cases: the digits demos at their batch, the paper shapes at a CPU-sized batch
+  (every case at `batch_size` if given)."""
   if quick:
-    return [Case('rin tiny (quick)', _with_batch(tiny_rin(), 8, keep_dtype), 8),
-            Case('refinenet tiny (quick)', _with_batch(tiny_refinenet(), 8, keep_dtype), 8)]
+    b = batch_size or 8
+    return [Case('rin tiny (quick)', _with_batch(tiny_rin(), b, keep_dtype), b),
+            Case('refinenet tiny (quick)', _with_batch(tiny_refinenet(), b, keep_dtype), b)]
   specs = [('rin_digits', rin_digits, 64), ('ncsnv2_digits', ncsnv2_digits, 64),
            ('rin_cifar10', rin_cifar10, 8), ('rin_imagenet64', rin_imagenet64, 4),
            ('ncsnv2_cifar10', ncsnv2_cifar10, 4)]
   cases = []
   for name, module, batch in specs:
+    batch = batch_size or batch
     config = _with_batch(module.get_config(), batch, keep_dtype)
     cases.append(Case(f'{name} (batch {batch})', config, batch))
   return cases

@@ -31,11 +31,31 @@ def _pct(fraction):
 
 def train_table(rows: List[Dict[str, Any]]) -> str:
   return table(
-      ['case', 'params', 'dtype', 'step ms', 'img/s', 'GFLOP/step', 'GFLOP/s', 'of matmul peak',
-       'compile s', 'XLA program MB', 'peak MB'],
+      ['case', 'params', 'dtype', 'step ms', 'img/s', 'forward ms', 'backward ms',
+       'optimiser+rest ms', 'GFLOP/step', 'GFLOP/s', 'of matmul peak', 'compile s',
+       'XLA program MB', 'peak MB'],
       [[r['case'], r['params'], r['dtype'], _ms(r['step_s']), r['images_per_s'],
+        _ms(r.get('forward_s')), _ms(r.get('backward_s')), _ms(r.get('optimizer_and_rest_s')),
         r['gflop_per_step'], r['gflops_per_s'], _pct(r['fraction_of_matmul_peak']),
         r['compile_s'], r['xla_program_mb'], r['peak_mb']] for r in rows])
+
+
+def ops_tables(rows: List[Dict[str, Any]], kinds: int = 10) -> str:
+  """Per case: time by pass, the top kinds, and the top instructions of one profiled step."""
+  parts = []
+  for r in rows:
+    traced = r['traced_ms'] or 1.
+    share = lambda ms: f'{100 * ms / traced:.1f}%'
+    passes = ', '.join(f'{k} {v:,.0f} ms ({share(v)})' for k, v in r['by_pass_ms'].items())
+    parts += [f"\n*{r['case']}*: one step {r['wall_ms']:,.0f} ms wall, {traced:,.0f} ms summed over "
+              f"{r['num_instructions_timed']} XLA ops (threads overlap); by pass: {passes}.\n",
+              table(['kind', 'ms', 'share'],
+                    [[k, v, share(v)] for k, v in list(r['by_kind_ms'].items())[:kinds]]),
+              '',
+              table(['#', 'ms', 'share', 'pass', 'kind', 'shape', 'window', 'op'],
+                    [[i + 1, o['ms'], share(o['ms']), o['pass'], o['kind'], o['shape'],
+                      o['window'] or '', o['op_name']] for i, o in enumerate(r['top'])])]
+  return '\n'.join(parts)
 
 
 def sampler_table(rows: List[Dict[str, Any]]) -> str:
@@ -65,9 +85,13 @@ def markdown(result: Dict[str, Any]) -> str:
                  f"**{peak['gflops_per_s']:.1f} GFLOP/s** (best of {peak['iters']}).")
   if result.get('train_step'):
     parts += [f"\n**Train step** (the compiled `Experiment` step: loss, gradients, optimiser, EMA; "
+              "forward = the loss alone, backward = value_and_grad − forward; "
               f"best of {result['iters']} timed step(s) after a warm-up; FLOPs from XLA cost "
               "analysis)\n",
               train_table(result['train_step'])]
+  if result.get('ops'):
+    parts += ['\n**Per-op breakdown** (one profiled train step; `benchmarks/op_profile.py`)',
+              ops_tables(result['ops'])]
   if result.get('samplers'):
     parts += ['\n**Sampler overhead** (time per sampler step / time of one network evaluation at '
               f"the same batch; best of {result['iters']} timed sampler run(s))\n",

@@ -4,16 +4,22 @@ Command:
     python -m benchmarks.run            # full run: writes benchmarks/results/<machine>.json
     python -m benchmarks.run --quick --out /tmp/b.json    # tiny shapes, 1 iteration (< ~90 s)
     python -m benchmarks.run --markdown benchmarks/results/cpu-2core.md   # also write the tables
+    python -m benchmarks.run --sections train,ops --cases ncsnv2_cifar10 --batch 16   # one case,
+                                        # forward/backward split and its top XLA ops
 
 Sections (`--sections`, comma-separated; default all):
   matmul    the machine's reference peak: a jitted float32 matmul (GFLOP/s);
   train     the compiled train step of RIN and RefineNet configs (configs/ shapes, CPU-sized batch):
             step time, images/s, XLA cost-analysis FLOPs, achieved GFLOP/s and its fraction of
-            the peak;
+            the peak, and the split forward (loss) / backward (value_and_grad − forward) /
+            optimiser (step − value_and_grad);
+  ops       per-op breakdown of one train step per case (benchmarks/op_profile.py, from a
+            jax.profiler trace): the top `--top` XLA ops by time, and time by kind (conv forward /
+            input-grad / weight-grad, max-pool backward, layout copies, ...) and by pass;
   samplers  time per sampler step / time of one network evaluation, for DDPM, DDIM, DPM-Solver++
             (RIN) and annealed Langevin (RefineNet);
   fid       InceptionV3 feature extraction images/s on 32² uint8 input
-            (`metrics.inception.benchmark_feature_throughput`).
+            (`benchmarks/fid_features.py`).
 Every row records its compile time and peak memory (see benchmarks/measure.py for what that means
 per backend). Everything is compiled once per shape and warmed up before timing.
 The exit status is 1 if any case failed (its error is in the JSON).
@@ -33,7 +39,7 @@ from benchmarks import report
 from benchmarks import samplers as samplers_lib
 from benchmarks import train_step as train_step_lib
 
-SECTIONS = ('matmul', 'train', 'samplers', 'fid')
+SECTIONS = ('matmul', 'train', 'ops', 'samplers', 'fid')
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
 
@@ -50,6 +56,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                       help=f'comma-separated subset of {",".join(SECTIONS)}')
   parser.add_argument('--iters', type=int, default=None,
                       help='timed iterations per case (default 1 with --quick, else 3)')
+  parser.add_argument('--cases', default=None,
+                      help='comma-separated substrings: only the train/ops/sampler cases whose name '
+                           'contains one (e.g. ncsnv2_cifar10)')
+  parser.add_argument('--batch', type=int, default=None,
+                      help='batch size of the train/ops cases (default: each case\'s own)')
+  parser.add_argument('--top', type=int, default=15, help='ops section: how many top ops to keep')
   parser.add_argument('--keep_dtype', action='store_true',
                       help="keep the configs' compute dtype on CPU (default: float32 on CPU)")
   args = parser.parse_args(argv)
@@ -63,6 +75,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     args.iters = 1 if args.quick else 3
   if args.iters < 1:
     parser.error(f'--iters={args.iters} must be >= 1')
+  if args.batch is not None and args.batch < 1:
+    parser.error(f'--batch={args.batch} must be >= 1')
+  args.cases = [c for c in (args.cases or '').split(',') if c]
   return args
 
 
@@ -93,18 +108,25 @@ def run_benchmarks(args: argparse.Namespace) -> Dict[str, Any]:
     result['matmul_peak'] = peak
   peak_gflops = peak['gflops_per_s'] if peak else None
 
-  if 'train' in args.sections:
-    rows = []
-    for case in cases_lib.train_cases(args.quick, args.keep_dtype):
+  if 'train' in args.sections or 'ops' in args.sections:
+    train_rows, ops_rows = [], []
+    top = args.top if 'ops' in args.sections else 0
+    for case in _selected(cases_lib.train_cases(args.quick, args.keep_dtype, args.batch), args):
       row = _guarded(f'train step: {case.name}', lambda c=case: train_step_lib.benchmark_train_step(
-          c, args.iters, peak_gflops), errors)
+          c, args.iters, peak_gflops, profile_ops=top), errors)
       if row:
-        rows.append(row)
-    result['train_step'] = rows
+        ops = row.pop('ops', None)
+        if ops is not None:
+          ops_rows.append({'case': row['case'], 'step_s': row['step_s'], **ops})
+        train_rows.append(row)
+    if 'train' in args.sections:
+      result['train_step'] = train_rows
+    if 'ops' in args.sections:
+      result['ops'] = ops_rows
 
   if 'samplers' in args.sections:
     rows = []
-    for case in cases_lib.sampler_cases(args.quick, args.keep_dtype):
+    for case in _selected(cases_lib.sampler_cases(args.quick, args.keep_dtype), args):
       case_rows = _guarded(
           f'samplers: {case.name}',
           lambda c=case: samplers_lib.benchmark_sampler_case(c, args.iters), errors)
@@ -119,12 +141,17 @@ def run_benchmarks(args: argparse.Namespace) -> Dict[str, Any]:
   return result
 
 
+def _selected(cases, args):
+  """The cases whose name contains one of `--cases` (all without it)."""
+  return [c for c in cases if not args.cases or any(sub in c.name for sub in args.cases)]
+
+
 def _fid_features(quick: bool) -> Dict[str, Any]:
-  from ncsn_rin.metrics import inception  # pylint: disable=g-import-not-at-top
+  from benchmarks import fid_features  # pylint: disable=g-import-not-at-top
   batch = 4 if quick else 64
   with measure.PeakMemory() as memory:
-    row = inception.benchmark_feature_throughput(image_size=32, num_images=batch if quick else 256,
-                                                 batch_size=batch)
+    row = fid_features.benchmark_feature_throughput(
+        image_size=32, num_images=batch if quick else 256, batch_size=batch)
   return {**row, **memory.result}
 
 

@@ -2,7 +2,7 @@
 
 Both sides are compiled programs at the same batch: the network evaluation is the ε-predictor (RIN,
 with its self-conditioning latents) or the score network (RefineNet) exactly as the samplers call
-it; the sampler is `sampling.make_sample_fn` (one `lax.scan` / `fori_loop` program for all steps).
+it; the sampler is `Experiment.sample_fn` (one `lax.scan` / `fori_loop` program for all steps).
 A ratio near 1 means the compiled loop adds nothing beyond the network; above 1 is the cost of the
 update arithmetic, the RNG and the loop itself.
 """
@@ -15,24 +15,25 @@ import jax.numpy as jnp
 from benchmarks import cases as cases_lib
 from benchmarks import measure
 from benchmarks import train_step
-from ncsn_rin import models
-from ncsn_rin import sampling
+from ncsn_rin import experiment
 
 
 def _diffusion_net_eval(config, model, batch_size: int):
-  """(jitted fn(params, x, gamma, self_cond) -> (eps, self_cond), example inputs but params)."""
-  labels = sampling.sample_labels(batch_size, config.data.num_classes)
+  """(jitted fn(params, x, gamma, latent_prev) -> (pred, latents), example inputs but params):
+  the network call of `sampling.make_diffusion_sample_fn` (one pass, no guidance)."""
+  labels = jnp.zeros((batch_size,), jnp.int32) if config.data.num_classes else None
 
   @jax.jit
-  def net_eval(params, x, gamma, self_cond):
-    return sampling.make_diffusion_denoise_fn(config, model, params, labels)(x, gamma, self_cond)
+  def net_eval(params, x, gamma, latent_prev):
+    return model.apply({'params': params}, x, gamma, labels, latent_prev)
 
   d = config.data
   x = jax.random.normal(jax.random.PRNGKey(1), (batch_size, d.image_size, d.image_size,
                                                 d.num_channels))
   gamma = jnp.full((batch_size,), 0.5)
-  self_cond = jnp.zeros(model.latent_shape(batch_size)) if model.self_cond else None
-  return net_eval, (x, gamma, self_cond)
+  latent_prev = (jnp.zeros(model.latent_shape(batch_size))
+                 if getattr(model, 'self_cond', False) else None)
+  return net_eval, (x, gamma, latent_prev)
 
 
 def _score_net_eval(config, model, batch_size: int):
@@ -50,7 +51,7 @@ def _score_net_eval(config, model, batch_size: int):
 
 def _num_network_evals(config) -> int:
   if config.method == 'diffusion':
-    return config.sample.num_steps
+    return config.sample.num_steps * (2 if config.sample.guidance_scale else 1)
   n = config.ncsn
   return n.num_scales * n.n_steps_each + int(n.denoise)
 
@@ -58,11 +59,13 @@ def _num_network_evals(config) -> int:
 def benchmark_sampler_case(case: cases_lib.SamplerCase, iters: int) -> List[Dict[str, Any]]:
   """One row per sampler of the case: ms per step, ms per network evaluation, their ratio."""
   config = case.config
-  model = models.model_from_config(config)
-  params = jax.device_put(train_step.random_params(models.abstract_params(config)))
+  if config.method == 'diffusion':
+    config.sample.num_steps = case.num_steps
+  exp = experiment.Experiment(config)
+  model = exp.model
+  params = jax.device_put(train_step.random_params(exp.abstract_state['params']))
   if config.method == 'diffusion':
     net_eval, inputs = _diffusion_net_eval(config, model, case.batch_size)
-    config.sample.num_steps = case.num_steps
   else:
     net_eval, inputs = _score_net_eval(config, model, case.batch_size)
   with measure.PeakMemory() as memory:
@@ -74,11 +77,12 @@ def benchmark_sampler_case(case: cases_lib.SamplerCase, iters: int) -> List[Dict
            'overhead_ratio': 1.0, 'compile_s': net_compile_s, **memory.result}]
   key = jax.random.PRNGKey(0)
   for method in case.methods:
-    config.sample.method = method
+    if config.method == 'diffusion':
+      config.sample.method = method
     with measure.PeakMemory() as memory:
-      sample_fn = sampling.make_sample_fn(config, model, None, case.batch_size)
-      compiled, compile_s = measure.compile_timed(sample_fn, params, key, 0)
-      total = measure.time_iterations(lambda: compiled(params, key, 0), iters)
+      sample_fn = experiment.Experiment(config, exp.mesh).sample_fn(case.batch_size)
+      compiled, compile_s = measure.compile_timed(sample_fn, params, key)
+      total = measure.time_iterations(lambda: compiled(params, key), iters)
     evals = _num_network_evals(config)
     step_s = total['min_s'] / evals
     rows.append({'case': case.name, 'sampler': method, 'batch_size': case.batch_size,

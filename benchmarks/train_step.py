@@ -1,7 +1,15 @@
-"""Train-step throughput: step time, images/s and achieved FLOP/s of the real compiled train step.
+"""Train-step throughput: step time, images/s and achieved FLOP/s of the real compiled train step,
+split into forward and backward.
 
-The step is `Experiment.compiled_train_step()` (loss, gradients, optimiser, EMA, non-finite guard,
+The step is `Experiment.jitted_train_step()` (loss, gradients, optimiser, EMA, non-finite guard,
 with the config's shardings and state donation), lowered and compiled once for the case's shapes.
+Beside it, two programs on the same parameters and batch give the split:
+  forward  = `jit(loss_fn)`: the network apply(s) of one step and the loss (for RIN with
+             self-conditioning this includes the stop-gradient self-conditioning pass);
+  backward = `jit(value_and_grad(loss_fn))` − forward;
+  optimiser and the rest = step − value_and_grad.
+`benchmark_train_step(..., profile_ops=N)` also records the per-op breakdown of one step
+(`benchmarks/op_profile.py`: top N XLA ops by time, time by kind and by forward/backward).
 The state is filled on the host with random numbers of the right shapes instead of running the
 jitted initialiser (its compile would dominate a quick run and the step's cost does not depend on
 the values).
@@ -14,7 +22,8 @@ import numpy as np
 
 from benchmarks import cases as cases_lib
 from benchmarks import measure
-from ncsn_rin import train
+from benchmarks import op_profile
+from ncsn_rin import experiment
 
 
 def random_params(abstract_params: Any, seed: int = 0) -> Any:
@@ -31,7 +40,7 @@ def random_params(abstract_params: Any, seed: int = 0) -> Any:
   return jax.tree_util.tree_map_with_path(fill, abstract_params)
 
 
-def random_state(exp: train.Experiment, seed: int = 0) -> Dict[str, Any]:
+def random_state(exp: experiment.Experiment, seed: int = 0) -> Dict[str, Any]:
   """A train state with the experiment's shapes and shardings (random params, zero optimiser)."""
   abstract = exp.abstract_state
   zeros = lambda tree: jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), tree)
@@ -42,7 +51,7 @@ def random_state(exp: train.Experiment, seed: int = 0) -> Dict[str, Any]:
   return jax.device_put(host, exp.state_sharding)
 
 
-def random_batch(exp: train.Experiment, batch_size: int, seed: int = 0) -> Dict[str, jax.Array]:
+def random_batch(exp: experiment.Experiment, batch_size: int, seed: int = 0) -> Dict[str, jax.Array]:
   """uint8 images [B, H, W, C] and int32 labels [B], sharded over the batch."""
   d = exp.config.data
   rng = np.random.default_rng(seed)
@@ -51,26 +60,60 @@ def random_batch(exp: train.Experiment, batch_size: int, seed: int = 0) -> Dict[
   return jax.device_put({'image': images, 'label': labels}, exp.batch_sharding)
 
 
-def benchmark_train_step(case: cases_lib.Case, iters: int, peak_gflops: float) -> Dict[str, Any]:
-  """Times `iters` steps after one warm-up; FLOPs from XLA's cost analysis of the compiled step."""
+def _loss_programs(exp: experiment.Experiment, state, batch):
+  """Compiled forward (`loss_fn`) and `value_and_grad(loss_fn)` on the state's params, with the
+  step's first key; returns [(name, compiled, args)]."""
+  key = jax.random.fold_in(state['rng'], 0)
+  args = (state['params'], batch, key)
+  forward = jax.jit(lambda p, b, k: exp.loss_fn(p, b, k)[0])
+  value_and_grad = jax.jit(jax.value_and_grad(lambda p, b, k: exp.loss_fn(p, b, k)[0]))
+  return [(name, fn.lower(*args).compile(), args)
+          for name, fn in (('forward', forward), ('value_and_grad', value_and_grad))]
+
+
+def _split(timings: Dict[str, Dict[str, float]], flops: Dict[str, Any]) -> Dict[str, Any]:
+  """forward / backward / optimiser seconds and GFLOPs from the three programs' best times."""
+  fwd, vg, step = (timings[k]['min_s'] for k in ('forward', 'value_and_grad', 'step'))
+  gflop = lambda k: None if flops.get(k) is None else flops[k] / 1e9
+  return {
+      'forward_s': fwd, 'value_and_grad_s': vg, 'backward_s': vg - fwd,
+      'optimizer_and_rest_s': step - vg,
+      'gflop_forward': gflop('forward'), 'gflop_value_and_grad': gflop('value_and_grad'),
+  }
+
+
+def benchmark_train_step(case: cases_lib.Case, iters: int, peak_gflops: float,
+                         profile_ops: int = 0) -> Dict[str, Any]:
+  """Times `iters` steps after one warm-up (and as many forward and value_and_grad calls);
+  FLOPs from XLA's cost analysis of each compiled program. `profile_ops` > 0: also the per-op
+  breakdown of one more step, with its top `profile_ops` instructions."""
   with measure.PeakMemory() as memory:
-    exp = train.Experiment(case.config)
+    exp = experiment.Experiment(case.config)
     state = random_state(exp)
     batch = random_batch(exp, case.batch_size)
-    compiled, compile_s = measure.compile_timed(exp.compiled_train_step(), state, batch)
+    compiled, compile_s = measure.compile_timed(exp.jitted_train_step(), state, batch)
+    loss_programs = _loss_programs(exp, state, batch)
     carry = {'state': state}
 
     def run_once():
       carry['state'], metrics = compiled(carry['state'], batch)
-      return metrics['loss']
+      return metrics
 
-    timing = measure.time_iterations(run_once, iters)
+    timings, flops = {}, {}
+    for name, program, args in loss_programs:  # before the step donates `state`
+      timings[name] = measure.time_iterations(lambda p=program, a=args: p(*a), iters)
+      flops[name] = measure.compiled_flops(program)
+    del loss_programs
+    timings['step'] = measure.time_iterations(run_once, iters)
+    flops['step'] = measure.compiled_flops(compiled)
+    ops = (op_profile.profile_compiled(compiled, run_once, top=profile_ops)
+           if profile_ops else None)
     jax.block_until_ready(carry['state'])
-  flops = measure.compiled_flops(compiled)
+  timing, flops_step = timings['step'], flops['step']
   step_s = timing['min_s']  # best of `iters`: the least disturbed by other processes
-  gflops_per_s = None if flops is None else flops / step_s / 1e9
+  gflops_per_s = None if flops_step is None else flops_step / step_s / 1e9
   c = case.config
-  return {
+  row = {
       'case': case.name,
       'method': c.method,
       'model': c.model.name,
@@ -82,7 +125,8 @@ def benchmark_train_step(case: cases_lib.Case, iters: int, peak_gflops: float) -
       'step_mean_s': timing['mean_s'],
       'iters': timing['iters'],
       'images_per_s': case.batch_size / step_s,
-      'gflop_per_step': None if flops is None else flops / 1e9,
+      **_split(timings, flops),
+      'gflop_per_step': None if flops_step is None else flops_step / 1e9,
       'gflops_per_s': gflops_per_s,
       'fraction_of_matmul_peak': (None if gflops_per_s is None or not peak_gflops
                                   else gflops_per_s / peak_gflops),
@@ -90,3 +134,6 @@ def benchmark_train_step(case: cases_lib.Case, iters: int, peak_gflops: float) -
       'xla_program_mb': measure.program_memory_mb(compiled),
       **memory.result,
   }
+  if ops is not None:
+    row['ops'] = ops
+  return row

@@ -13,6 +13,7 @@ statistics are saved to eval_progress_step<N>_<settings>.npz (batch i is generat
 fold_in(key, i), so a killed run gives the same FID as an uninterrupted one).
 """
 
+import functools
 import hashlib
 import io
 import json
@@ -96,10 +97,18 @@ def sample_to_workdir(exp, workdir: str) -> Dict[str, Any]:
 # FID
 # ----------------------------------------------------------------------------------------------
 
-def _feature_fn(config, mesh):
-  params = inception.load_inception_params(config.eval.inception_weights or None)
-  return inception.make_feature_fn(params, mesh, protocol=config.eval.protocol,
-                                   chunk_size=config.eval.inception_batch or None)
+def feature_fn_for(config, mesh):
+  """The sharded Inception feature function of `config.eval` (protocol, chunk, weights) on `mesh`;
+  built and compiled once per process for each combination (fid_stats, eval and sweeps share it)."""
+  e = config.eval
+  return _cached_feature_fn(e.inception_weights or None, e.protocol, e.inception_batch or None,
+                            mesh)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_feature_fn(weights, protocol, chunk_size, mesh):
+  params = inception.load_inception_params(weights)
+  return inception.make_feature_fn(params, mesh, protocol=protocol, chunk_size=chunk_size)
 
 
 def default_stats_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -115,7 +124,7 @@ def compute_reference_statistics(config: ml_collections.ConfigDict, workdir: str
   """
   mesh = mesh or sharding.make_mesh()
   e = config.eval
-  feature_fn = _feature_fn(config, mesh)
+  feature_fn = feature_fn_for(config, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   stats = fid.RunningStatistics(inception.FEATURE_DIM)
   batches = input_pipeline.make_eval_iterator(config, num_examples=e.fid_stats_num,
@@ -249,7 +258,7 @@ def evaluate_fid(exp, workdir: str) -> Dict[str, Any]:
       logging.info('FID of step %d with these settings is already in %s: skipped', step,
                    results_path)
       continue
-    feature_fn = feature_fn or _feature_fn(config, exp.mesh)
+    feature_fn = feature_fn or feature_fn_for(config, exp.mesh)
     row = _fid_of_checkpoint(exp, manager, step, settings_id, feature_fn, ref, workdir)
     progress_path = row.pop('progress_path')
     row.update(settings, settings_id=settings_id,

@@ -18,7 +18,6 @@ from ncsn_rin import input_pipeline
 from ncsn_rin import runtime
 from ncsn_rin import sharding
 from ncsn_rin.metrics import fid
-from ncsn_rin.metrics import inception
 from tests import helpers
 
 
@@ -31,8 +30,8 @@ def _fake_inception(monkeypatch, kill_after=None):
   calls; with kill_after=k the (k+1)-th call raises, as if the process died there."""
   calls = []
 
-  def make_feature_fn(params, mesh, *, protocol='tfgan', chunk_size=None):
-    del params, mesh, protocol, chunk_size
+  def feature_fn_for(config, mesh):
+    del config, mesh
 
     def feature_fn(images):
       if kill_after is not None and len(calls) >= kill_after:
@@ -45,8 +44,7 @@ def _fake_inception(monkeypatch, kill_after=None):
 
     return feature_fn
 
-  monkeypatch.setattr(inception, 'load_inception_params', lambda *a, **k: None)
-  monkeypatch.setattr(inception, 'make_feature_fn', make_feature_fn)
+  monkeypatch.setattr(evaluation, 'feature_fn_for', feature_fn_for)
   return calls
 
 
@@ -217,9 +215,7 @@ def test_fid_stats_and_eval_on_digits_under_each_protocol(tmp_path):
     stats = runtime.run('fid_stats', config, workdir)
     assert stats['n'] == 16 and stats['protocol'] == protocol
     ref = fid.load_statistics(stats['path'], protocol)
-    feature_fn = inception.make_feature_fn(inception.load_inception_params(),
-                                           sharding.make_mesh(), protocol=protocol)
-    features = feature_fn(digits).astype(np.float64)
+    features = evaluation.feature_fn_for(config, sharding.make_mesh())(digits).astype(np.float64)
     np.testing.assert_allclose(ref.mu, features.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ref.sigma, np.cov(features, rowvar=False), rtol=1e-3, atol=1e-5)
     result = runtime.run('eval', config, workdir)

@@ -127,26 +127,3 @@ class NCSNv2Deepest(_RefineNetBase):
       ('res4', 'refine2', 4, True, 2),
       ('res5', 'refine1', 4, True, 4),
   )
-
-
-REFINENETS = {
-    'ncsnv2': NCSNv2,
-    'ncsnv2_deeper': NCSNv2Deeper,
-    'ncsnv2_deepest': NCSNv2Deepest,
-}
-
-
-def refinenet_from_name(name: str, **kwargs) -> _RefineNetBase:
-  """'ncsnv2' | 'ncsnv2_deeper' | 'ncsnv2_deepest' -> the module built with `kwargs`."""
-  if name not in REFINENETS:
-    raise ValueError(f'unknown RefineNet variant {name!r}; allowed: {sorted(REFINENETS)}.')
-  return REFINENETS[name](**kwargs)
-
-
-def default_refinenet_for_size(image_size: int) -> str:
-  """The official choice by resolution: ≤64 px 'ncsnv2', ≤128 px 'ncsnv2_deeper', else deepest."""
-  if image_size <= 64:
-    return 'ncsnv2'
-  if image_size <= 128:
-    return 'ncsnv2_deeper'
-  return 'ncsnv2_deepest'
