@@ -4,25 +4,24 @@ Command (the README's first command runs exactly this):
     python main.py --config=configs/rin_digits.py --workdir=workdirs/rin_digits
 
 Hardware: 2 CPU cores. Expected: see MEASURED below (training time, sample grid). Class-conditional:
-each row of the sample grid cycles through the digits 0–9. Compound strategy (Chen 2023 Sec. 3.4):
+column k of the sample grid is class k. Compound strategy (Chen 2023 Sec. 3.4):
 trained with the sigmoid schedule, sampled with cosine DDPM.
 """
 
 from configs import common
 
 MEASURED = """
-2026-11-23, this 2-core CPU, idle: the README's command took 14 min 45 s wall from start to exit
-(`/usr/bin/time`: 1,134 s user + 427 s system CPU, 1.9 GB peak RSS), of which ~1 min start-up and
-compilation, 5.3-6.6 steps/s at batch 32, two 100-image sample grids (~40 s each; grids at 2,000
-and 4,000 steps then; now only the final one, which leaves the training and the final grid
-unchanged and saves ~40 s) and four checkpoints. Loss 0.60 (step 100) -> 0.11 (2,000) -> 0.073
-(4,000). The step-4,000 grid (docs/rin_digits_step4000.png) shows recognisable 0-7 and 9 in their
-columns; 8 is the weakest. The earlier setting (batch 64, 2,000 steps, same time) gave clear 0, 1,
-6, 7 only: at this budget more, smaller steps win. The run is deterministic: the same settings
-given as flags, run earlier beside other jobs, wrote a byte-identical step-4,000 grid.
-Then --mode=fid_stats (Inception statistics of the 1,797 digits, grey repeated to RGB) took 8 min
-and --mode=eval (1,000 DDPM-250 samples, cosine) 8 min: FID 88.5 at step 4,000. A 1,000-sample FID
-against 1,797 images is biased upwards; compare it only with numbers at the same sizes.
+2026-11-29, this 2-core CPU, otherwise idle (load 1-2), with the pix2seq RIN (official time token,
+initialisation and masked self-conditioning): the README's command took 6 min 32 s wall from start
+to exit (`/usr/bin/time`: 434 s user + 242 s system CPU, 1.94 GB peak RSS), of which 10.7 s to
+compile the train step, 11.1-11.4 steps/s at batch 32, one 100-image grid at the end and four
+checkpoints. Loss 0.71 (step 100) -> 0.11 (2,000) -> 0.074 (4,000). The step-4,000 grid (docs/rin_digits_step4000.png)
+shows recognisable 0-7 and 9 in their columns; 8 is the weakest. The run is deterministic: the same
+command run earlier beside other jobs wrote a byte-identical grid. Then, on that checkpoint,
+1,000 DDPM-250 samples (cosine, uniform random labels) against the 1,797 digits (grey repeated to
+RGB): FID 93.14 (tfgan), 93.91 (pytorch_fid), 111.61 (clean); fid_stats 1.2-1.3 GB and eval
+1.5-1.6 GB peak RSS. A 1,000-sample FID against 1,797 images is biased upwards; compare it only
+with numbers at the same sizes and protocol.
 """
 
 

@@ -215,6 +215,19 @@ def test_checkpoint_from_a_different_model_shape(existing_workdir, compiled, mod
   assert 'use a new --workdir' in message and 'config.json' in message
 
 
+def test_checkpoint_of_the_pre_fidelity_rin_names_the_change(tmp_path):
+  """A checkpoint with the old RIN's parameter names (LayerNorm-ed time token) is named as such."""
+  manager = checkpoints.make_manager(str(tmp_path / 'checkpoints'), async_save=False)
+  old = {'params': {'time_ln': {'scale': np.ones(32, np.float32)}}}
+  checkpoints.save(manager, 7, old)
+  manager.wait_until_finished()
+  new = {'params': {'time_dense1': {'bias': jax.ShapeDtypeStruct((32,), np.float32)}}}
+  with pytest.raises(checkpoints.CheckpointShapeError,
+                     match=r'written by an older ncsn_rin RIN \(before the 2026-11-29 change to '
+                           r'the official pix2seq time token.*retrain it'):
+    checkpoints.check_compatible(manager, 7, new)
+
+
 def test_same_model_shape_passes_the_checkpoint_check(existing_workdir, compiled):
   config = helpers.tiny_rin_config()
   runtime._check_checkpoint(experiment.Experiment(config), existing_workdir, config)  # pylint: disable=protected-access

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from PIL import Image
 import pytest
 
+from benchmarks import fid_features
 from ncsn_rin.metrics import inception
 from ncsn_rin.metrics import weights
 
@@ -133,17 +134,7 @@ def test_input_mappings_at_299():
 # ----------------------------------------------------------------------------- feature function
 
 
-def _random_params(seed=0):
-  """He-normal kernels, zero biases, in the network's shapes (no download)."""
-  rng = np.random.default_rng(seed)
-
-  def init(leaf):
-    if len(leaf.shape) == 1:
-      return np.zeros(leaf.shape, np.float32)
-    fan_in = np.prod(leaf.shape[:3])
-    return (rng.standard_normal(leaf.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
-
-  return jax.tree.map(init, inception.param_shapes())
+_random_params = fid_features.random_params  # He-normal kernels, zero biases (no download)
 
 
 def _relative_errors(actual, expected):
