@@ -104,8 +104,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: 
              'a network of a different shape')
     raise CheckpointShapeError(
         f'checkpoint step {step} in {manager.directory} was written by {cause} '
-        f'({"; ".join(mismatches[:3])}; {len(mismatches)} differences); use a new --workdir, or the config that wrote it '
-        '(config.json in the workdir).')
+        f'({"; ".join(mismatches[:3])}; {len(mismatches)} differences); use a new --workdir, '
+        'or the config that wrote it (config.json in the workdir).')
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:

@@ -86,9 +86,8 @@ def sample_to_workdir(exp, workdir: str) -> Dict[str, Any]:
     if labels[0] is not None:
       arrays['labels'] = np.concatenate(labels)[:n]
     result['npz'] = files.write_npz(base + '.npz', **arrays)
-    cols = config.data.num_classes if 0 < config.data.num_classes <= n else 0
-    result['png'] = images.save_png(base + '.png', images.grid(
-        samples, cols=cols, scale=max(1, 64 // samples.shape[1])))
+    result['png'] = images.save_png(base + '.png',
+                                    images.sample_grid(samples, config.data.num_classes))
     logging.info('wrote %s and %s', result['png'], result['npz'])
   return result
 

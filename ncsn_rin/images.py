@@ -52,6 +52,13 @@ def grid(images: np.ndarray, pad: int = 2, cols: int = 0, scale: int = 1) -> np.
   return out
 
 
+def sample_grid(samples: np.ndarray, num_classes: int) -> np.ndarray:
+  """The grid of a set of samples as the project shows it: one column per class when the classes
+  fit on a row (column k = class k with balanced labels), and pixels repeated up to ~64 px."""
+  cols = num_classes if 0 < num_classes <= len(samples) else 0
+  return grid(samples, cols=cols, scale=max(1, 64 // samples.shape[1]))
+
+
 def save_png(target, image: np.ndarray) -> str:
   """Writes uint8 [H, W, 1|3] as a PNG (atomically); returns the path."""
   image = image[..., 0] if image.shape[-1] == 1 else image

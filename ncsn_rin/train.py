@@ -221,8 +221,7 @@ def write_sample_grid(exp, state, workdir: str, step: int, writer) -> Optional[s
   key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed + 1), step)
   samples, _ = sample_fn(state['ema_params'], key)
   samples = sharding.to_host(samples)[:n]
-  cols = exp.config.data.num_classes or 0
-  grid = images.grid(samples, cols=cols if 0 < cols <= n else 0, scale=max(1, 64 // samples.shape[1]))
+  grid = images.sample_grid(samples, exp.config.data.num_classes)
   writer.write_images(step, {'samples': grid[None]})
   if jax.process_index() != 0:
     return None
