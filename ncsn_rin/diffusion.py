@@ -33,59 +33,32 @@ def _expand(gamma, x):
 
 
 def add_noise(x0, gamma, noise, b=1.):
-  """Forward process x_t = sqrt(γ)·(b·x0) + sqrt(1 − γ)·ε (Chen 2023, Algorithm 1, Sec. 3.2).
+  """x_t = sqrt(γ)·(b·x0) + sqrt(1 − γ)·ε (Chen 2023, Algorithm 1, Sec. 3.2).
 
-  Args:
-    x0: clean data [B, ...] in data units (e.g. [−1, 1]).
-    gamma: γ(t) [B].
-    noise: ε [B, ...].
-    b: input scale factor.
-
-  Returns:
-    x_t [B, ...].
+  x0 [B, ...] in data units (e.g. [−1, 1]), gamma [B], noise ε [B, ...] -> x_t [B, ...].
   """
   g = _expand(gamma, x0)
   return jnp.sqrt(g) * (b * x0) + jnp.sqrt(1. - g) * noise
 
 
 def normalize_variance(x_t):
-  """Divides x_t by its per-example std (Chen 2023, Sec. 3.2, variance normalization).
+  """x_t [B, ...] divided by its per-example std (Chen 2023, Sec. 3.2, variance normalization).
 
   Used on the network input at training and at sampling alike, as pix2seq
   `image_diffusion_model.denoise` (`x /= reduce_std(x, non-batch axes)`, no epsilon: x_t always
   holds noise).
-
-  Args:
-    x_t: noisy state [B, ...].
-
-  Returns:
-    [B, ...], each example with unit standard deviation.
   """
   return x_t / jnp.std(x_t, axis=tuple(range(1, x_t.ndim)), keepdims=True)
 
 
 def eps_to_y(eps, x_t, gamma):
-  """Scaled-data estimate y = (x_t − sqrt(1 − γ)·ε) / sqrt(γ) (inverse of the forward process).
-
-  Args:
-    eps: ε estimate [B, ...]; x_t: [B, ...]; gamma: [B].
-
-  Returns:
-    y = b·x0 estimate [B, ...].
-  """
+  """y = b·x0 = (x_t − sqrt(1 − γ)·ε) / sqrt(γ); eps, x_t [B, ...], gamma [B] -> y [B, ...]."""
   g = _expand(gamma, x_t)
   return (x_t - jnp.sqrt(1. - g) * eps) / jnp.sqrt(g)
 
 
 def y_to_eps(y, x_t, gamma):
-  """Noise estimate ε = (x_t − sqrt(γ)·y) / sqrt(1 − γ) (inverse of the forward process).
-
-  Args:
-    y: b·x0 estimate [B, ...]; x_t: [B, ...]; gamma: [B].
-
-  Returns:
-    ε estimate [B, ...].
-  """
+  """ε = (x_t − sqrt(γ)·y) / sqrt(1 − γ); y = b·x0, x_t [B, ...], gamma [B] -> ε [B, ...]."""
   g = _expand(gamma, x_t)
   return (x_t - jnp.sqrt(g) * y) / jnp.sqrt(1. - g)
 
@@ -94,17 +67,8 @@ def pred_to_eps(pred, x_t, gamma, target: str = 'eps', b=1.):
   """Converts a network prediction to ε for the raw x_t (Chen 2023 Sec. 2; v of Salimans & Ho 2022).
 
   'eps': ε = pred. 'x' (x0 in data units): ε = (x_t − sqrt(γ)·b·pred) / sqrt(1 − γ).
-  'v': ε = sqrt(γ)·v + sqrt(1 − γ)·x_t.
-
-  Args:
-    pred: network output [B, ...] in the units of `target`.
-    x_t: noisy state [B, ...] (raw, not variance-normalised).
-    gamma: γ [B].
-    target: 'eps' | 'x' | 'v'.
-    b: input scale factor.
-
-  Returns:
-    ε estimate [B, ...].
+  'v': ε = sqrt(γ)·v + sqrt(1 − γ)·x_t. pred [B, ...] in the units of `target`, x_t [B, ...] (raw,
+  not variance-normalised), gamma [B] -> ε [B, ...].
   """
   if target == 'eps':
     return pred
@@ -117,15 +81,8 @@ def pred_to_eps(pred, x_t, gamma, target: str = 'eps', b=1.):
 def make_target(x0, noise, gamma, target: str = 'eps', b=1.):
   """Regression target of the training loss (Chen 2023, Algorithm 1; v of Salimans & Ho 2022).
 
-  'eps': ε. 'x': x0 (data units). 'v': sqrt(γ)·ε − sqrt(1 − γ)·b·x0.
-
-  Args:
-    x0: clean data [B, ...]; noise: ε [B, ...]; gamma: γ [B].
-    target: 'eps' | 'x' | 'v'.
-    b: input scale factor.
-
-  Returns:
-    target [B, ...].
+  'eps': ε. 'x': x0 (data units). 'v': sqrt(γ)·ε − sqrt(1 − γ)·b·x0. x0, noise [B, ...],
+  gamma [B] -> target [B, ...].
   """
   if target == 'eps':
     return noise
@@ -141,19 +98,12 @@ def _net_input(x_t, normalize_input: bool):
 
 
 def make_eps_fn(net_fn: Callable, *, pred_target: str = 'eps', normalize_input: bool = False, b=1.):
-  """Wraps a raw network into an ε predictor for the raw noisy state (for `sample`).
+  """Wraps a raw network into `eps_fn(x_t, gamma, self_cond) -> (eps, self_cond_out)` for `sample`.
 
-  Args:
-    net_fn: `net_fn(net_input, gamma, self_cond) -> (pred, self_cond_out)`; net_input [B, ...] is
-      x_t (variance-normalised when `normalize_input`), gamma [B], self_cond any pytree (e.g. RIN
-      latents) or None; pred in the units of `pred_target`.
-    pred_target: 'eps' | 'x' | 'v'.
-    normalize_input: divide x_t by its per-example std before the network (Chen 2023, Sec. 3.2).
-    b: input scale factor.
-
-  Returns:
-    `eps_fn(x_t, gamma, self_cond) -> (eps, self_cond_out)`, eps [B, ...] for the raw x_t. For
-    `sample` without self-conditioning use `lambda x, g: eps_fn(x, g, None)[0]`.
+  `net_fn(net_input, gamma, self_cond) -> (pred, self_cond_out)`: net_input [B, ...] is x_t
+  (variance-normalised when `normalize_input`, Chen 2023, Sec. 3.2), gamma [B], self_cond any
+  pytree (e.g. RIN latents) or None; pred in the units of `pred_target` ('eps' | 'x' | 'v'). eps
+  [B, ...] is for the raw x_t. Without self-conditioning use `lambda x, g: eps_fn(x, g, None)[0]`.
   """
 
   def eps_fn(x_t, gamma, self_cond=None):
@@ -169,37 +119,10 @@ def make_eps_fn(net_fn: Callable, *, pred_target: str = 'eps', normalize_input: 
 
 
 def drop_labels(labels, key, rate: float, null_label: int):
-  """Replaces each label by `null_label` with probability `rate` (classifier-free guidance training,
-  Ho & Salimans 2022, Algorithm 1).
-
-  Args:
-    labels: integer class ids [B].
-    key: PRNG key.
-    rate: drop probability in [0, 1].
-    null_label: id of the "no class" embedding.
-
-  Returns:
-    labels [B] with some replaced by `null_label`.
-  """
+  """Replaces each label [B] by `null_label` with probability `rate` (classifier-free guidance
+  training, Ho & Salimans 2022, Algorithm 1)."""
   drop = jax.random.bernoulli(key, rate, labels.shape)
   return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
-
-
-def _masked_self_condition(net_fn, net_input, gamma, self_cond_init, key_mask, key_pass,
-                           keep_rate: float):
-  """Latent self-conditioning by masking (pix2seq `add_self_cond_hidden`, `self_cond_by_masking`).
-
-  A first pass from `self_cond_init` runs on the whole batch with its own randomness (`key_pass`:
-  dropout, label dropout); each example keeps its self_cond_out with probability `keep_rate` and
-  gets zeros otherwise; no gradient flows through it. Returns the self_cond pytree [B, ...].
-  """
-  _, first = net_fn(net_input, gamma, self_cond_init, key_pass)
-  keep = jax.random.bernoulli(key_mask, keep_rate, (net_input.shape[0],))
-
-  def mask(h):
-    return jax.lax.stop_gradient(h * keep.reshape((-1,) + (1,) * (h.ndim - 1)).astype(h.dtype))
-
-  return jax.tree.map(mask, first)
 
 
 def diffusion_loss(net_fn: Callable, x0, key, *, gamma_fn: Callable, b=1., pred_target: str = 'eps',
@@ -212,23 +135,17 @@ def diffusion_loss(net_fn: Callable, x0, key, *, gamma_fn: Callable, b=1., pred_
   passes use the other keys, so the passes draw their dropout and label dropout independently (as
   pix2seq, where each pass calls the network with `training=True`).
 
-  Args:
-    net_fn: `net_fn(net_input, gamma, self_cond, key) -> (pred, self_cond_out)`; pred [B, ...] in
-      the units of `pred_target`; `key` is the pass's randomness (dropout, label dropout — see
-      `drop_labels`).
-    x0: clean data [B, ...] in data units.
-    key: PRNG key.
-    gamma_fn: the training schedule t -> γ.
-    b: input scale factor.
-    pred_target: 'eps' | 'x' | 'v'.
-    normalize_input: variance-normalise the network input (Chen 2023, Sec. 3.2).
-    self_cond_rate: per-example probability that the self-conditioning latents are kept.
-    self_cond_init: initial self-conditioning pytree (e.g. zero latents), or None to disable it
-      (net_fn then receives self_cond=None and there is a single pass).
+  `net_fn(net_input, gamma, self_cond, key) -> (pred, self_cond_out)`, pred [B, ...] in the units
+  of `pred_target` ('eps' | 'x' | 'v'), key the pass's randomness (dropout, label dropout — see
+  `drop_labels`); x0 [B, ...] in data units; gamma_fn the training schedule t -> γ.
+  `self_cond_init`: initial self-conditioning pytree (e.g. zero latents), or None for a single pass
+  with self_cond=None. Otherwise latent self-conditioning by masking (pix2seq
+  `add_self_cond_hidden`, `self_cond_by_masking`): a first pass from `self_cond_init` runs on the
+  whole batch; each example keeps its self_cond_out with probability `self_cond_rate` and gets
+  zeros otherwise; no gradient flows through it.
 
-  Returns:
-    (loss, aux): loss is the scalar mean over all elements of (pred − target)²; aux is a dict with
-    't' [B] and 'gamma' [B].
+  Returns (loss, aux): the scalar mean over all elements of (pred − target)², and
+  {'t' [B], 'gamma' [B]}.
   """
   key_t, key_noise, key_mask, key_first, key_second = jax.random.split(key, 5)
   t = jax.random.uniform(key_t, (x0.shape[0],), dtype=x0.dtype)
@@ -238,8 +155,10 @@ def diffusion_loss(net_fn: Callable, x0, key, *, gamma_fn: Callable, b=1., pred_
   net_input = _net_input(x_t, normalize_input)
   self_cond = None
   if self_cond_init is not None:
-    self_cond = _masked_self_condition(net_fn, net_input, gamma, self_cond_init, key_mask,
-                                       key_first, self_cond_rate)
+    _, first = net_fn(net_input, gamma, self_cond_init, key_first)
+    keep = jax.random.bernoulli(key_mask, self_cond_rate, (net_input.shape[0],))
+    mask = lambda h: keep.reshape((-1,) + (1,) * (h.ndim - 1)).astype(h.dtype)
+    self_cond = jax.tree.map(lambda h: jax.lax.stop_gradient(h * mask(h)), first)
   pred, _ = net_fn(net_input, gamma, self_cond, key_second)
   target = make_target(x0, noise, gamma, pred_target, b)
   loss = jnp.mean(jnp.square(pred - target))
@@ -252,20 +171,13 @@ def diffusion_loss(net_fn: Callable, x0, key, *, gamma_fn: Callable, b=1., pred_
 
 
 def step_times(step, num_steps: int, time_difference=0.):
-  """Times of sampling step `step` (pix2seq `Scheduler.generate`; Analog Bits, Algorithm 2).
+  """(t_now, t_next) of sampling step `step` in [0, N) (pix2seq `Scheduler.generate`; Analog Bits,
+  Algorithm 2); step may be traced, N = num_steps, td = time_difference in units of one step.
 
   t_now = 1 − step / N is the time the model is evaluated at; the state moves to
   t_next = max(1 − (step + 1 + td) / N, 0). With td > 0 ("asymmetric time intervals") the state is
   thus always td / N earlier than the time the model is told, i.e. the model sees t + td / N
   (clipped to 1 at the first step, which starts at t = 1).
-
-  Args:
-    step: integer step index in [0, N), scalar (may be traced).
-    num_steps: N.
-    time_difference: td, in units of one step.
-
-  Returns:
-    (t_now, t_next), scalars.
   """
   step = jnp.asarray(step, dtype=jnp.result_type(float))
   t_now = 1. - step / num_steps
@@ -273,13 +185,7 @@ def step_times(step, num_steps: int, time_difference=0.):
   return t_now, t_next
 
 
-def _ddim_step(x, y, eps, g_now, g_next, key):
-  """DDIM (η = 0) update x_s = sqrt(γ_s)·y + sqrt(1 − γ_s)·ε (Song et al. 2021, Eq. 12; pix2seq)."""
-  del x, g_now, key
-  return jnp.sqrt(g_next) * y + jnp.sqrt(1. - g_next) * eps
-
-
-def _ddpm_step(x, y, eps, g_now, g_next, key, variance: str):
+def _ddpm_step(x, y, g_now, g_next, key, variance: str):
   """Ancestral DDPM update from t to s < t (Ho et al. 2020, Eqs. 6-7; pix2seq `transition_step`).
 
   α = γ_t / γ_s, β = 1 − α. Mean of q(x_s | x_t, y), written in y rather than ε (equal to Ho et al.
@@ -287,7 +193,6 @@ def _ddpm_step(x, y, eps, g_now, g_next, key, variance: str):
       μ = sqrt(γ_s)·β / (1 − γ_t) · y + sqrt(α)·(1 − γ_s) / (1 − γ_t) · x_t.
   Variance 'large' = β, 'small' = (1 − γ_s) / (1 − γ_t) · β (the posterior variance).
   """
-  del eps
   alpha = jnp.clip(g_now / g_next, 0., 1.)
   beta = 1. - alpha
   mean = (jnp.sqrt(g_next) * beta / (1. - g_now) * y
@@ -304,15 +209,9 @@ def _dpm_solver_pp_step(x, y, y_prev, g_now, g_next, lam_prev, is_first):
       x_next = (σ_next / σ_now)·x − α_next·(e^(−h) − 1)·D
              = (σ_next / σ_now)·x + (α_next − σ_next·α_now / σ_now)·D.
   The last step (γ_next = 1, λ_next = ∞) is first-order and lands on x_next = y.
-
-  Args:
-    x: state [B, ...]; y, y_prev: scaled data predictions at t_now and at the previous step.
-    g_now, g_next: γ at the model time and at the next time (scalars).
-    lam_prev: λ of the previous model evaluation (scalar).
-    is_first: scalar bool, True at the first step.
-
-  Returns:
-    (x_next, lam_now).
+  x [B, ...]; y, y_prev: scaled data predictions at t_now and at the previous step; g_now, g_next:
+  γ at the model time and at the next time, lam_prev: λ of the previous model evaluation, is_first
+  (True at the first step): scalars. Returns (x_next, lam_now).
   """
   a_now, s_now = jnp.sqrt(g_now), jnp.sqrt(1. - g_now)
   a_next, s_next = jnp.sqrt(g_next), jnp.sqrt(1. - g_next)
@@ -333,13 +232,15 @@ def sample(denoise_fn: Callable, shape, key, *, gamma_fn: Callable, num_steps: i
   """Generates data by reverse diffusion from t = 1 to t = 0 (Chen 2023, Algorithm 2; pix2seq).
 
   Time grid: step i = 0..N−1 evaluates the model at t_now = 1 − i/N and moves the state to
-  t_next = max(1 − (i + 1 + td)/N, 0) (see `step_times`). Starts from x_1 ~ N(0, I). At each step
-  y = (x − sqrt(1 − γ)·ε) / sqrt(γ) is clipped to [−b, b] when `clip_x0` (and ε recomputed from the
-  clipped y, pix2seq `truncate_noise`), then:
+  t_next = max(1 − (i + 1 + td)/N, 0) (see `step_times`; td = `time_difference` >= 0, N =
+  `num_steps` >= 1). Starts from x_1 ~ N(0, I). At each step y = (x − sqrt(1 − γ)·ε) / sqrt(γ) is
+  clipped to [−b, b] when `clip_x0` (and ε recomputed from the clipped y, pix2seq
+  `truncate_noise`), then:
 
-  * 'ddpm': ancestral sampling (Ho et al. 2020), variance 'large' β_t = 1 − γ_t/γ_s or 'small'
-    (the posterior variance);
-  * 'ddim': deterministic DDIM, η = 0 (Song et al. 2021);
+  * 'ddpm': ancestral sampling (Ho et al. 2020), `ddpm_variance` 'large' β_t = 1 − γ_t/γ_s or
+    'small' (the posterior variance);
+  * 'ddim': deterministic DDIM, η = 0 (Song et al. 2021, Eq. 12; pix2seq),
+    x_s = sqrt(γ_s)·y + sqrt(1 − γ_s)·ε;
   * 'dpm_solver++': multistep second-order DPM-Solver++(2M) in data-prediction form (Lu et al.
     2022), first-order at the first and last step; meant for 20–50 steps.
 
@@ -350,25 +251,12 @@ def sample(denoise_fn: Callable, shape, key, *, gamma_fn: Callable, num_steps: i
   unconditional branches and return (1 + w)·ε_cond − w·ε_uncond; the self_cond pytree can hold the
   state of both branches. Nothing in this function is guidance-specific.
 
-  Args:
-    denoise_fn: if `self_cond_init` is None, `denoise_fn(x_t, gamma) -> eps`; otherwise
-      `denoise_fn(x_t, gamma, self_cond) -> (eps, self_cond)`. x_t is the raw noisy state of shape
-      `shape`, gamma has shape [B] (B = shape[0]); eps is the ε prediction for x_t (see
-      `make_eps_fn`).
-      The returned self_cond must keep the structure, shapes and dtypes of `self_cond_init`.
-    shape: output shape [B, ...].
-    key: PRNG key.
-    gamma_fn: the sampling schedule t -> γ (may differ from the training one).
-    num_steps: N >= 1.
-    method: 'ddpm' | 'ddim' | 'dpm_solver++'.
-    b: input scale factor used in training.
-    time_difference: pix2seq's td >= 0, in units of one step.
-    clip_x0: clip intermediate y to [−b, b] and the result to [−1, 1].
-    ddpm_variance: 'large' | 'small' (ddpm only).
-    self_cond_init: initial self-conditioning pytree carried across steps, or None.
-
-  Returns:
-    The final x0 estimate (the last y-prediction divided by b) of shape `shape`, in data units.
+  denoise_fn: `denoise_fn(x_t, gamma) -> eps` if `self_cond_init` is None, else
+  `denoise_fn(x_t, gamma, self_cond) -> (eps, self_cond)` with the structure, shapes and dtypes of
+  `self_cond_init` kept; x_t is the raw noisy state of shape `shape` = [B, ...], gamma [B], eps the
+  ε prediction for x_t (see `make_eps_fn`). gamma_fn: the sampling schedule t -> γ (may differ from
+  the training one); b: the training input scale; `clip_x0` also clips the result to [−1, 1].
+  Returns the final x0 estimate (the last y-prediction divided by b) of shape `shape`, data units.
   """
   shape = tuple(shape)
   key_init, key_loop = jax.random.split(key)
@@ -381,7 +269,7 @@ def sample(denoise_fn: Callable, shape, key, *, gamma_fn: Callable, num_steps: i
     return denoise_fn(x, g_vec, self_cond)
 
   def body(carry, step):
-    x, self_cond, y_prev, lam_prev = carry
+    x, self_cond, y_prev, lam = carry
     t_now, t_next = step_times(step, num_steps, time_difference)
     g_now = gamma_fn(t_now).astype(x.dtype)
     g_next = gamma_fn(t_next).astype(x.dtype)
@@ -391,13 +279,12 @@ def sample(denoise_fn: Callable, shape, key, *, gamma_fn: Callable, num_steps: i
       y_clipped = jnp.clip(y, -b, b)
       eps = jnp.where(y_clipped == y, eps, y_to_eps(y_clipped, x, g_now))
       y = y_clipped
-    step_key = jax.random.fold_in(key_loop, step)
     if method == 'ddim':
-      x, lam = _ddim_step(x, y, eps, g_now, g_next, step_key), lam_prev
+      x = add_noise(y, g_next, eps)
     elif method == 'ddpm':
-      x, lam = _ddpm_step(x, y, eps, g_now, g_next, step_key, ddpm_variance), lam_prev
+      x = _ddpm_step(x, y, g_now, g_next, jax.random.fold_in(key_loop, step), ddpm_variance)
     else:
-      x, lam = _dpm_solver_pp_step(x, y, y_prev, g_now, g_next, lam_prev, step == 0)
+      x, lam = _dpm_solver_pp_step(x, y, y_prev, g_now, g_next, lam, step == 0)
     return (x, self_cond, y, lam), None
 
   carry = (x_init, self_cond_init, jnp.zeros(shape, x_init.dtype), jnp.zeros((), x_init.dtype))

@@ -65,19 +65,9 @@ def annealed_langevin(score_fn: ScoreFn, x_init: jax.Array, sigmas: jax.Array, k
   denoising step x <- x + σ_L² s(x, σ_L) (official NCSNv2). All L·T steps run in one compiled
   loop: lax.scan over levels, fori_loop over steps. score_fn, n_steps_each and denoise are
   static (score_fn must be hashable: a function, a functools.partial, or a lambda built inside an
-  outer jit).
-
-  Args:
-    score_fn: (x [B, ...], σ [B]) -> score [B, ...].
-    x_init: [B, ...] start, e.g. `uniform_init`.
-    sigmas: [L] descending noise levels.
-    key: PRNG key.
-    n_steps_each: T, steps per level.
-    step_lr: ε.
-    denoise: apply the final denoising step.
-
-  Returns:
-    x [B, ...] (not clipped; the official code clips to [0, 1] only to save images).
+  outer jit). score_fn: (x [B, ...], σ [B]) -> score [B, ...]; x_init [B, ...] (e.g.
+  `uniform_init`), sigmas [L] descending -> x [B, ...] (not clipped; the official code clips to
+  [0, 1] only to save images).
   """
   dtype = x_init.dtype
   sigmas = jnp.asarray(sigmas, dtype)  # [L]

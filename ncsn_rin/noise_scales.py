@@ -68,14 +68,9 @@ def max_pairwise_distance(x: Any, *, block_size: int = 1024, mesh: Mesh | None =
   O(b·D + b²), never N x N. The `num_candidates` rows with the largest float32 maxima are then
   re-measured exactly, ||x_i − x_partner(i)|| in float64 from the uncentred data: the result is the
   exact distance of a real pair, and the maximum unless float32 round-off reorders pairs whose
-  distances agree to ~1e-7 relative.
-
-  Args:
-    x: [N, ...] array (N >= 2), or an iterable of [n_b, ...] batches (e.g. an input pipeline; all
-      examples are kept on the host: N·D·4 bytes, 0.6 GB for CIFAR-10).
-    block_size: rows per block (rounded up to a multiple of the device count).
-    mesh: a `jax.sharding.Mesh` with a 'data' axis.
-    num_candidates: rows re-measured in float64.
+  distances agree to ~1e-7 relative. x: [N, ...] array (N >= 2), or an iterable of [n_b, ...]
+  batches (e.g. an input pipeline; all examples are kept on the host: N·D·4 bytes, 0.6 GB for
+  CIFAR-10); block_size is rounded up to a multiple of the device count.
   """
   data = _as_matrix(x)  # [N, D]
   n = len(data)
@@ -128,10 +123,7 @@ def num_noise_scales(sigma_max: float, sigma_min: float, dim: int,
   Solves C(γ*, D) = target with `scipy.optimize.brentq` on [1, σ_1/σ_L] (C is decreasing there
   for D > 4), then L = ceil(1 + log(σ_1/σ_L) / log γ*). For CIFAR-10 (σ_1 = 50, σ_L = 0.01,
   D = 3072) C = 0.5 gives L = 220; the official L = 232 has C = 0.567, as do the official L of
-  CelebA, LSUN and FFHQ: the paper's "C ≈ 0.5" was rounded up.
-
-  Returns:
-    (L >= 2, the achieved ratio γ_L).
+  CelebA, LSUN and FFHQ: the paper's "C ≈ 0.5" was rounded up. Returns (L >= 2, achieved γ_L).
   """
   ratio = sigma_max / sigma_min
   if overlap(ratio, dim) >= target_overlap:
@@ -205,12 +197,8 @@ def choose_step_lr(n_steps: int, gamma: float, sigma_min: float) -> float:
 
 def derive_noise_config(max_distance: float, dim: int, sigma_min: float, n_steps_each: int,
                         target_overlap: float = 0.5) -> dict[str, Any]:
-  """Techniques 1, 2, 4: σ_1 = max pairwise distance, then L and γ, then ε.
-
-  Returns:
-    dict of Python scalars: sigma_max, sigma_min, num_scales, gamma, overlap_achieved, step_lr,
-    n_steps_each, ratio_achieved.
-  """
+  """Techniques 1, 2, 4: σ_1 = max pairwise distance, then L and γ, then ε; a dict of Python
+  scalars."""
   num_scales, gamma = num_noise_scales(max_distance, sigma_min, dim, target_overlap)
   step_lr = choose_step_lr(n_steps_each, gamma, sigma_min)
   return {
@@ -226,8 +214,9 @@ def derive_noise_config(max_distance: float, dim: int, sigma_min: float, n_steps
 
 
 def format_config_snippet(derived: Mapping[str, Any], target: str) -> str:
-  """Renders `derive_noise_config` output as lines `<target>.<field> = value` (target: the
-  experiment file's name for its NCSN section) to paste into a config file (ε to 3 significant digits), then a comment with γ, C and the Prop. 3 ratio."""
+  """`derive_noise_config` output as lines `<target>.<field> = value` to paste into a config file
+  (target: the experiment's NCSN section; ε to 3 significant digits), then a comment with γ, C and
+  the Prop. 3 ratio."""
   values = dict(derived, step_lr=float('%.3g' % derived['step_lr']))
   lines = [f'{target}.{field} = {values[field]!r}'
            for field in ('sigma_max', 'sigma_min', 'num_scales', 'n_steps_each', 'step_lr')]

@@ -27,12 +27,7 @@ _EXAMPLE_SPECS = {'linear': 'linear', 'cosine': 'cosine@0.2,1,1', 'sigmoid': 'si
 def linear_gamma(t, clip_min: float = 1e-9):
   """Linear schedule γ(t) = clip(1 − t, clip_min, 1) (Chen 2023, Alg. 1 `simple_linear_schedule`).
 
-  Args:
-    t: time in [0, 1], any shape.
-    clip_min: lower bound of γ (keeps logSNR finite at t = 1).
-
-  Returns:
-    γ(t), same shape as t.
+  t in [0, 1], any shape -> γ(t), same shape; clip_min keeps logSNR finite at t = 1.
   """
   t = jnp.asarray(t, dtype=jnp.result_type(float))
   return jnp.clip(1. - t, clip_min, 1.)
@@ -47,17 +42,10 @@ def cosine_gamma(t, start: float = 0., end: float = 1., tau: float = 1., clip_mi
   """Normalised cosine schedule (Chen 2023, Algorithm 1 `cosine_schedule`).
 
   γ(t) = (f(t·(end − start) + start) − v_e) / (v_s − v_e), f(x) = cos(x·π/2)^(2τ), v_s = f(start),
-  v_e = f(end); equivalently (v_e − f(·)) / (v_e − v_s). Requires 0 ≤ start < end ≤ 1, τ > 0
-  (checked by `get_gamma_fn`, not here, so that this stays traceable).
-
-  Args:
-    t: time in [0, 1], any shape.
-    start, end: the window of the cosine's x-axis that is mapped onto t ∈ [0, 1].
-    tau: temperature (exponent 2τ).
-    clip_min: lower bound of γ.
-
-  Returns:
-    γ(t), same shape as t, in [clip_min, 1].
+  v_e = f(end); equivalently (v_e − f(·)) / (v_e − v_s). [start, end] is the window of the
+  cosine's x-axis mapped onto t ∈ [0, 1], τ the temperature. Requires 0 ≤ start < end ≤ 1, τ > 0
+  (checked by `get_gamma_fn`, not here, so that this stays traceable). t in [0, 1], any shape ->
+  γ(t), same shape, in [clip_min, 1].
   """
   t = jnp.asarray(t, dtype=jnp.result_type(float))
   v_start = _cos_power(jnp.asarray(start, t.dtype), tau)
@@ -70,16 +58,9 @@ def sigmoid_gamma(t, start: float = -3., end: float = 3., tau: float = 1., clip_
   """Normalised sigmoid schedule (Chen 2023, Algorithm 1 `sigmoid_schedule`).
 
   γ(t) = (v_e − f(t·(end − start) + start)) / (v_e − v_s), f(x) = sigmoid(x / τ), v_s = f(start),
-  v_e = f(end). Requires start < end, τ > 0 (checked by `get_gamma_fn`).
-
-  Args:
-    t: time in [0, 1], any shape.
-    start, end: the window of the sigmoid's x-axis that is mapped onto t ∈ [0, 1].
-    tau: temperature.
-    clip_min: lower bound of γ.
-
-  Returns:
-    γ(t), same shape as t, in [clip_min, 1].
+  v_e = f(end); [start, end] is the window of the sigmoid's x-axis mapped onto t ∈ [0, 1], τ the
+  temperature. Requires start < end, τ > 0 (checked by `get_gamma_fn`). t in [0, 1], any shape ->
+  γ(t), same shape, in [clip_min, 1].
   """
   t = jnp.asarray(t, dtype=jnp.result_type(float))
   sigmoid = lambda x: 1. / (1. + jnp.exp(-x / tau))
@@ -90,51 +71,39 @@ def sigmoid_gamma(t, start: float = -3., end: float = 3., tau: float = 1., clip_
 
 
 def _parse_params(spec: str, name: str, body: str):
-  """Parses 'start,end,tau' of a schedule spec into three finite floats (Chen 2023, Alg. 1 args)."""
+  """Parses 'start,end,tau' of a schedule spec into three finite floats that give a decreasing γ
+  (Chen 2023, Alg. 1 args); else raises ValueError naming the value and an example spec."""
+
+  def error(problem):
+    return ValueError(f'schedule {spec!r}: {problem}; use e.g. {_EXAMPLE_SPECS[name]!r}')
+
   parts = body.split(',')
-  example = _EXAMPLE_SPECS[name]
   if len(parts) != 3:
-    raise ValueError(f"schedule {spec!r}: expected three comma-separated numbers 'start,end,tau' "
-                     f"after '@', got {len(parts)}; use e.g. {example!r}")
+    raise error(f"expected three comma-separated numbers 'start,end,tau' after '@', "
+                f'got {len(parts)}')
   try:
-    values = tuple(float(p) for p in parts)
+    start, end, tau = (float(p) for p in parts)
   except ValueError:
-    raise ValueError(f"schedule {spec!r}: 'start,end,tau' must be numbers, got {body!r}; "
-                     f"use e.g. {example!r}") from None
-  if not all(math.isfinite(v) for v in values):
-    raise ValueError(f"schedule {spec!r}: start, end and tau must be finite, got {values}; "
-                     f"use e.g. {example!r}")
-  return values
-
-
-def _check_params(spec: str, name: str, start: float, end: float, tau: float):
-  """Raises ValueError unless (start, end, tau) give a decreasing γ (Chen 2023, Algorithm 1)."""
-  example = _EXAMPLE_SPECS[name]
+    raise error(f"'start,end,tau' must be numbers, got {body!r}") from None
+  if not all(math.isfinite(v) for v in (start, end, tau)):
+    raise error(f'start, end and tau must be finite, got {(start, end, tau)}')
   if not start < end:
-    raise ValueError(f'schedule {spec!r}: start ({start}) must be < end ({end}); '
-                     f'use e.g. {example!r}')
+    raise error(f'start ({start}) must be < end ({end})')
   if not tau > 0:
-    raise ValueError(f"schedule {spec!r}: tau ({tau}) must be > 0; use e.g. {example!r}")
+    raise error(f'tau ({tau}) must be > 0')
   if name == 'cosine' and not (0. <= start and end <= 1.):
-    raise ValueError(f"schedule {spec!r}: cosine needs 0 <= start < end <= 1 (cos(x·π/2) must stay "
-                     f"in [0, 1]), got start={start}, end={end}; use e.g. {example!r}")
+    raise error(f'cosine needs 0 <= start < end <= 1 (cos(x·π/2) must stay in [0, 1]), '
+                f'got start={start}, end={end}')
+  return start, end, tau
 
 
 def get_gamma_fn(spec: str) -> GammaFn:
-  """Parses a schedule spec into γ(t) (the pix2seq / Chen 2023 config syntax).
+  """Parses a schedule spec (the pix2seq / Chen 2023 config syntax) into t -> γ(t), vectorised.
 
   Accepted: 'linear', 'cosine', 'sigmoid' (defaults start,end,tau = 0,1,1 and -3,3,1), and
   'cosine@start,end,tau', 'sigmoid@start,end,tau' (e.g. 'cosine@0.2,1,1', 'sigmoid@-3,3,0.9').
-
-  Args:
-    spec: the schedule string.
-
-  Returns:
-    A function t -> γ(t), vectorised over t of any shape.
-
-  Raises:
-    ValueError: unknown name, malformed parameters, start >= end, tau <= 0, or (cosine) a window
-      outside [0, 1]; the message names the value and what is allowed.
+  Raises ValueError, naming the value and what is allowed, for an unknown name, malformed
+  parameters, start >= end, tau <= 0, or (cosine) a window outside [0, 1].
   """
   if not isinstance(spec, str):
     raise ValueError(f'schedule must be a string, got {spec!r} ({type(spec).__name__}); '
@@ -150,7 +119,6 @@ def get_gamma_fn(spec: str) -> GammaFn:
       raise ValueError(f"schedule {spec!r}: 'linear' takes no parameters; use 'linear'")
     return linear_gamma
   start, end, tau = _parse_params(spec, name, body) if sep else _DEFAULT_PARAMS[name]
-  _check_params(spec, name, start, end, tau)
   fn = cosine_gamma if name == 'cosine' else sigmoid_gamma
   return functools.partial(fn, start=start, end=end, tau=tau)
 
@@ -158,28 +126,14 @@ def get_gamma_fn(spec: str) -> GammaFn:
 def logsnr(gamma, b=1.):
   """logSNR of x_t = sqrt(γ)·b·x0 + sqrt(1−γ)·ε per unit data variance (Chen 2023, Sec. 3.2).
 
-  logSNR = log(b² · γ / (1 − γ)); scaling the input by b shifts it by exactly 2·log b.
-
-  Args:
-    gamma: γ in (0, 1], any shape (γ = 1 gives +inf).
-    b: input scale factor, scalar or broadcastable to gamma.
-
-  Returns:
-    logSNR, same shape as gamma.
+  logSNR = log(b² · γ / (1 − γ)); scaling the input by b shifts it by exactly 2·log b. gamma in
+  (0, 1], any shape (γ = 1 gives +inf), b broadcastable to it -> logSNR, same shape.
   """
   gamma = jnp.asarray(gamma, dtype=jnp.result_type(float))
   return 2. * jnp.log(b) + jnp.log(gamma) - jnp.log1p(-gamma)
 
 
 def gamma_from_logsnr(value, b=1.):
-  """Inverse of `logsnr`: γ = sigmoid(logSNR − 2·log b) (Chen 2023, Sec. 3.2).
-
-  Args:
-    value: logSNR, any shape.
-    b: input scale factor, scalar or broadcastable to value.
-
-  Returns:
-    γ, same shape as value.
-  """
+  """Inverse of `logsnr`: γ = sigmoid(logSNR − 2·log b) (Chen 2023, Sec. 3.2), value's shape."""
   value = jnp.asarray(value, dtype=jnp.result_type(float))
   return 1. / (1. + jnp.exp(-(value - 2. * jnp.log(b))))

@@ -25,34 +25,13 @@ import jax.numpy as jnp
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def sample_dsm_noise(key: jax.Array, x: jax.Array,
-                     num_levels: int) -> tuple[jax.Array, jax.Array]:
-  """Draws level indices [B] (uniform over the L levels) and z ~ N(0, I) [B, ...] for x [B, ...].
-
-  z is drawn flat [B, prod(...)] and reshaped: the same law, far cheaper for XLA:CPU to compile
-  than a rank-4 normal.
-  """
-  label_key, noise_key = jax.random.split(key)
-  labels = jax.random.randint(label_key, (x.shape[0],), 0, num_levels)
-  flat = jax.random.normal(noise_key, (x.shape[0], math.prod(x.shape[1:])), x.dtype)
-  return labels, flat.reshape(x.shape)
-
-
 def dsm_loss_given_noise(score_fn: ScoreFn, x: jax.Array, sigmas: jax.Array,
                          labels: jax.Array, noise: jax.Array,
                          anneal_power: float = 2.0) -> tuple[jax.Array, dict[str, Any]]:
-  """The loss of `dsm_loss` for given levels and standard-normal noise (deterministic).
-
-  Args:
-    score_fn: (x̃ [B, ...], σ [B]) -> score [B, ...].
-    x: clean data [B, ...].
-    sigmas: [L] noise levels.
-    labels: [B] int level indices into `sigmas`.
-    noise: [B, ...] standard normal z.
-    anneal_power: p of λ(σ) = σ^p (2 in NCSNv2).
-
-  Returns:
-    (scalar loss, aux) with aux = {'per_example_loss' [B], 'labels' [B], 'sigmas' [B]}.
+  """The loss of `dsm_loss` for given levels labels [B] (indices into sigmas [L]) and standard
+  normal noise z [B, ...] (deterministic). score_fn: (x̃ [B, ...], σ [B]) -> score [B, ...];
+  x [B, ...] clean data; anneal_power: p of λ(σ) = σ^p (2 in NCSNv2). Returns (scalar loss, aux)
+  with aux = {'per_example_loss' [B], 'labels' [B], 'sigmas' [B]}.
   """
   batch = x.shape[0]
   used = jnp.asarray(sigmas, x.dtype)[labels]  # [B]
@@ -70,7 +49,11 @@ def dsm_loss(score_fn: ScoreFn, x: jax.Array, sigmas: jax.Array, key: jax.Array,
 
   σ_b drawn uniformly from the L levels per example, x̃ = x + σ_b z, target −z/σ_b,
   loss = mean_b ½ σ_b^p ||s(x̃_b, σ_b) − target_b||² (sum over pixels). x [B, ...], sigmas [L];
-  returns (scalar loss, aux) as in `dsm_loss_given_noise`.
+  returns (scalar loss, aux) as in `dsm_loss_given_noise`. z is drawn flat [B, prod(...)] and
+  reshaped: the same law, far cheaper for XLA:CPU to compile than a rank-4 normal.
   """
-  labels, noise = sample_dsm_noise(key, x, jnp.shape(sigmas)[0])
+  label_key, noise_key = jax.random.split(key)
+  labels = jax.random.randint(label_key, (x.shape[0],), 0, jnp.shape(sigmas)[0])
+  flat = jax.random.normal(noise_key, (x.shape[0], math.prod(x.shape[1:])), x.dtype)
+  noise = flat.reshape(x.shape)
   return dsm_loss_given_noise(score_fn, x, sigmas, labels, noise, anneal_power)
