@@ -1,4 +1,4 @@
-"""Fréchet Inception Distance: streaming feature statistics, the distance, reference-statistics files.
+"""Fréchet Inception Distance: streaming feature statistics, the distance, reference statistics.
 
 FID (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
 Equilibrium", https://arxiv.org/abs/1706.08500) is the Fréchet distance between Gaussians fitted to
@@ -22,9 +22,7 @@ import numpy as np
 
 from ncsn_rin import files
 
-STATS_CREATE_COMMAND = 'python main.py --mode=fid_stats --config=...'
 IMAG_TOLERANCE = 1e-3
-LEGACY_PROTOCOL = 'tfgan'  # Files written before the protocol field existed were all TF-GAN.
 
 
 class Statistics(NamedTuple):
@@ -37,11 +35,8 @@ class Statistics(NamedTuple):
 
 
 class RunningStatistics:
-  """Streaming mean/covariance of feature vectors [B, D] in float64.
-
-  Keeps count, sum float64 [D] and sum of outer products float64 [D, D]: memory O(D^2) however
-  many samples. `state_dict`/`load_state_dict` checkpoint a partial evaluation.
-  """
+  """Streaming float64 mean/covariance of features [B, D] (count, sum [D], sum of outer products
+  [D, D]); `state_dict`/`load_state_dict` checkpoint a partial evaluation."""
 
   def __init__(self, dim=2048):
     self.count = 0
@@ -79,50 +74,38 @@ class RunningStatistics:
     return mu, (sigma + sigma.T) / 2
 
 
-def _trace_sqrt_product(sigma1, sigma2):
-  """Tr((Σ1 Σ2)^(1/2)) = Σ_i sqrt(λ_i) with λ the eigenvalues of Σ1^(1/2) Σ2 Σ1^(1/2).
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+  """Fréchet distance d^2 of N(mu1, sigma1) and N(mu2, sigma2): mu [D], sigma [D, D] -> float.
 
-  That matrix is similar to Σ1 Σ2 and symmetric positive semi-definite, so two symmetric
+  As TTUR's calculate_frechet_distance, with Tr((Σ1 Σ2)^(1/2)) = Σ_i sqrt(λ_i), λ the eigenvalues of
+  Σ1^(1/2) Σ2 Σ1^(1/2): similar to Σ1 Σ2 and symmetric positive semi-definite, so two symmetric
   eigendecompositions give TTUR's `trace(sqrtm(sigma1 @ sigma2))` — to 5e-8 relative on 2048-d
-  Inception statistics, singular ones included (where TTUR needs its eps offset) — 2-3× faster
-  than scipy's general `sqrtm`. Raises ValueError when an eigenvalue is below −1e-6 (the square
+  Inception statistics, singular ones included (where TTUR needs its eps offset) — 2-3× faster than
+  scipy's general `sqrtm`. ValueError on a shape mismatch, or an eigenvalue below −1e-6 (the square
   root would have an imaginary part above TTUR's tolerance 1e-3: not covariances).
   """
+  mu1, mu2 = (np.atleast_1d(np.asarray(mu, np.float64)) for mu in (mu1, mu2))
+  sigma1, sigma2 = (np.atleast_2d(np.asarray(sigma, np.float64)) for sigma in (sigma1, sigma2))
+  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+    raise ValueError(f'shape mismatch: mu {mu1.shape} vs {mu2.shape}, '
+                     f'sigma {sigma1.shape} vs {sigma2.shape}')
   w, v = np.linalg.eigh(sigma1)
   root1 = (v * np.sqrt(np.clip(w, 0., None))) @ v.T
   lam = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
   if lam.min() < -IMAG_TOLERANCE ** 2:
     raise ValueError(f'sqrt(sigma1 sigma2) has an imaginary component {np.sqrt(-lam.min()):.3g} '
                      f'> {IMAG_TOLERANCE} (covariances not positive semi-definite?)')
-  return float(np.sqrt(np.clip(lam, 0., None)).sum())
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2):
-  """Fréchet distance of N(mu1, sigma1) and N(mu2, sigma2) (TTUR's calculate_frechet_distance).
-
-  Args: mu1, mu2 [D]; sigma1, sigma2 [D, D] (covariances).
-  Returns: float d^2 = ||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) − 2 Tr((sigma1 sigma2)^(1/2)).
-  Raises: ValueError on shape mismatch or covariances that are not positive semi-definite.
-  """
-  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-  sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
-  sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
-  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-    raise ValueError(f'shape mismatch: mu {mu1.shape} vs {mu2.shape}, '
-                     f'sigma {sigma1.shape} vs {sigma2.shape}')
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-               - 2. * _trace_sqrt_product(sigma1, sigma2))
+               - 2. * np.sqrt(np.clip(lam, 0., None)).sum())
 
 
 # ----------------------------------------------------------------------------- reference files
 
 
 def save_statistics(path, mu, sigma, n, description='', *, protocol):
-  """Atomically writes a statistics .npz: mu [D], sigma [D, D], n, protocol, description.
-
-  `path` may be local (parent directories are created) or gs://. Returns the path.
-  """
+  """Atomically writes a statistics .npz (mu [D], sigma [D, D], n, protocol, description) to a
+  local `path` (parent directories are created) or gs://; returns the path."""
   target = files.path(path)
   target.parent.mkdir(parents=True, exist_ok=True)
   return files.write_npz(target, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
@@ -131,24 +114,21 @@ def save_statistics(path, mu, sigma, n, description='', *, protocol):
 
 
 def load_statistics(path, protocol) -> Statistics:
-  """Reads a file written by `save_statistics` and checks it was computed with `protocol`.
-
-  Raises FileNotFoundError naming the command that creates it, and ValueError (one line naming
-  both protocols and the fix) when the file's protocol differs.
-  """
+  """Reads a file of `save_statistics`: FileNotFoundError naming the command that creates it,
+  ValueError (one line naming both protocols and the fix) if not computed with `protocol`."""
   source = files.path(path)
   if not source.exists():
     raise FileNotFoundError(
-        f'FID reference statistics {path} not found. Create them with '
-        f'`{STATS_CREATE_COMMAND}` (the config names the dataset and this path).')
-  with np.load(io.BytesIO(source.read_bytes()), allow_pickle=False) as data:
-    missing = {'mu', 'sigma'} - set(data.files)
-    if missing:
-      raise ValueError(f'{path} is not an FID statistics file (missing {sorted(missing)}).')
-    fields = {k: str(data[k]) for k in ('description', 'protocol') if k in data.files}
-    stats = Statistics(data['mu'].astype(np.float64), data['sigma'].astype(np.float64),
-                       int(data['n']) if 'n' in data.files else 0, fields.get('description', ''),
-                       fields.get('protocol', LEGACY_PROTOCOL))
+        f'FID reference statistics {path} not found. Create them with `python main.py '
+        '--mode=fid_stats --config=...` (the config names the dataset and this path).')
+  with np.load(io.BytesIO(source.read_bytes()), allow_pickle=False) as npz:
+    data = dict(npz)
+  missing = {'mu', 'sigma'} - data.keys()
+  if missing:
+    raise ValueError(f'{path} is not an FID statistics file (missing {sorted(missing)}).')
+  stats = Statistics(data['mu'].astype(np.float64), data['sigma'].astype(np.float64),
+                     int(data.get('n', 0)), str(data.get('description', '')),
+                     str(data.get('protocol', 'tfgan')))  # Older files: all TF-GAN.
   if stats.protocol != protocol:
     raise ValueError(
         f"FID statistics {path} were computed with protocol '{stats.protocol}', this evaluation "

