@@ -1,10 +1,9 @@
 """Shared network building blocks (Flax linen, NHWC).
 
 Sections:
-  1. Initialisers matching PyTorch's `nn.Conv2d` defaults.
-  2. Convolutions and resampling helpers.
-  3. InstanceNorm++ (Song & Ermon 2019, Sec. A.1; the unconditional `InstanceNorm2dPlus` of NCSNv2).
-  4. RefineNet blocks of NCSNv2 (Song & Ermon 2020, "Improved Techniques for Training Score-Based
+  1. Convolutions (PyTorch's `nn.Conv2d` default init) and resampling.
+  2. InstanceNorm++ (Song & Ermon 2019, Sec. A.1; the unconditional `InstanceNorm2dPlus` of NCSNv2).
+  3. RefineNet blocks of NCSNv2 (Song & Ermon 2020, "Improved Techniques for Training Score-Based
      Generative Models"): pre-activation `ResidualBlock`, and `RefineBlock` made of residual conv
      units (`RCUBlock`), multi-resolution fusion (`MSFBlock`) and chained residual pooling
      (`CRPBlock`) — Lin et al. 2017, RefineNet.
@@ -25,52 +24,24 @@ import numpy as np
 Dtype = Any
 
 
-# ------------------------------------------------------------------------------------------------
-# 1. Initialisers.
+# 1. Convolutions and resampling. ----------------------------------------------------------------
+# The official NCSNv2 uses plain `torch.nn.Conv2d`, i.e. PyTorch's default initialisation (NOT
+# the DDPM `default_init`): kernel kaiming_uniform(a=√5), which is U(±1/√fan_in) =
+# variance_scaling(1/3, 'fan_in', 'uniform'), and bias U(±1/√fan_in).
 #
-# The official NCSNv2 uses plain `torch.nn.Conv2d`, i.e. PyTorch's default initialisation
-# (it does NOT use the DDPM `default_init`): kaiming_uniform(a=√5) for the kernel, which is
-# U(±1/√fan_in) = variance_scaling(1/3, 'fan_in', 'uniform'), and U(±1/√fan_in) for the bias.
-# ------------------------------------------------------------------------------------------------
-
-def torch_conv_kernel_init() -> jax.nn.initializers.Initializer:
-  """PyTorch's default conv/linear kernel init: U(±1/√fan_in) (HWIO kernels, fan_in = k·k·C_in)."""
-  return nn.initializers.variance_scaling(1. / 3., 'fan_in', 'uniform')
-
-
-def torch_conv_bias_init(fan_in: int) -> jax.nn.initializers.Initializer:
-  """PyTorch's default conv/linear bias init: U(±1/√fan_in)."""
-  bound = 1. / np.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-# ------------------------------------------------------------------------------------------------
-# 2. Convolutions and resampling.
-# ------------------------------------------------------------------------------------------------
-
-# Backward-pass formulations (issue 16). The functions are those of the official code; only how
-# XLA is asked to differentiate them changes, where a profile of the NCSNv2 train step on XLA:CPU
-# showed the native gradient to be slow:
-#   * a 1×1 convolution is a matrix product over channels, written as one (all backends): XLA:CPU
+# Backward passes (issue 16): the functions are the official ones; only how XLA differentiates them
+# changes, where a profile of the NCSNv2 train step on XLA:CPU showed the native gradient slow:
+#   * a 1×1 convolution is written as a matrix product over channels (all backends): XLA:CPU
 #     computes its kernel gradient as a convolution whose window is the whole output gradient;
-#   * max pooling routes its gradient with a custom VJP built from the pooled output (see
-#     `max_pool_same`), instead of XLA's argmax reduce-window + scatter;
-#   * the align-corners resize is two small interpolation matrices (`resize_bilinear_align_corners`),
-#     so its gradient is two matrix products instead of a scatter-add;
+#   * max pooling routes its gradient with a custom VJP from the pooled output (`max_pool_same`),
+#     instead of XLA's argmax reduce-window + scatter;
+#   * the align-corners resize is two small interpolation matrices, so its gradient is two matrix
+#     products instead of a scatter-add;
 #   * a k×k convolution's kernel gradient is summed over chunks of 8 images on CPU
 #     (`conv_cpu_kernel_grad`); GPU and TPU keep XLA's own.
-# tests/test_refinenet.py checks each gradient against `jax.grad` of the native op and the loss
+# tests/test_refinenet.py checks each gradient against `jax.grad` of the native op, and the loss
 # after 3 Adam steps against the native formulation. The custom VJPs define reverse mode only:
 # `jax.jvp` through the network is not supported (nothing in the project uses it).
-
-def _is_nhwc_hwio(dimension_numbers) -> bool:
-  nhwc_hwio = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ('NHWC', 'HWIO', 'NHWC'))
-  return dimension_numbers == nhwc_hwio
-
 
 def _native_conv(x, kernel, padding, dilation, precision):
   return jax.lax.conv_general_dilated(
@@ -85,35 +56,28 @@ def _kernel_grad_native(x, g, kernel_shape, padding, dilation, precision):
   return vjp(g)[0]
 
 
-# Images per kernel-gradient convolution on CPU: XLA:CPU's dL/dW convolution slows down more than
-# linearly with the batch (issue 16: a 128-channel 32² conv, batch 128: 1.32 s alone vs 0.39 s as
-# 16 chunks of 8, the forward conv 0.35 s); 8 was the fastest of 4, 8, 16, 32 at batch 128 and no
-# slower than one chunk at batch 16.
+# XLA:CPU's dL/dW convolution slows down more than linearly with the batch (issue 16: a 128-channel
+# 32² conv, batch 128: 1.32 s alone vs 0.39 s as 16 chunks of 8, the forward conv 0.35 s); 8 was
+# the fastest of 4, 8, 16, 32 at batch 128 and no slower than one chunk at batch 16.
 CPU_KERNEL_GRAD_CHUNK = 8
 
 
 def _kernel_grad_batch_chunked(x, g, kernel_shape, padding, dilation, precision,
                                chunk: int = CPU_KERNEL_GRAD_CHUNK):
-  """dL/dW = Σ over batch chunks of XLA's kernel gradient on that chunk (the same sum over
-  images, regrouped), one convolution per chunk of `chunk` images (the last may be smaller).
+  """dL/dW = Σ over chunks of `chunk` images (the last may be smaller) of XLA's kernel gradient.
 
   Unrolled on purpose: the same convolution inside a `lax.scan` body runs ~100× slower on
   XLA:CPU (measured at batch 16). x [B, H, W, C_in], g [B, H', W', C_out] -> [kh, kw, C_in, C_out].
   """
-  grad = lambda xc, gc: _kernel_grad_native(xc, gc, kernel_shape, padding, dilation, precision)
-  total = None
-  for start in range(0, x.shape[0], chunk):
-    part = grad(x[start:start + chunk], g[start:start + chunk])
-    total = part if total is None else total + part
-  return total
+  return sum(_kernel_grad_native(x[i:i + chunk], g[i:i + chunk], kernel_shape, padding,
+                                 dilation, precision) for i in range(0, x.shape[0], chunk))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv_cpu_kernel_grad(x: jax.Array, kernel: jax.Array, padding, dilation,
                          precision=None) -> jax.Array:
-  """Stride-1 NHWC/HWIO convolution (`lax.conv_general_dilated`) whose kernel gradient is summed
-  over chunks of `CPU_KERNEL_GRAD_CHUNK` images on CPU (`lax.platform_dependent`), and computed
-  by XLA in one convolution elsewhere. The input gradient is XLA's (a transposed convolution).
+  """Stride-1 NHWC/HWIO convolution whose kernel gradient is `_kernel_grad_batch_chunked` on CPU
+  (`lax.platform_dependent`) and XLA's single convolution elsewhere; the input gradient is XLA's.
 
   x [B, H, W, C_in], kernel [kh, kw, C_in, C_out] -> [B, H', W', C_out]; padding ((top, bottom),
   (left, right)), dilation (dh, dw).
@@ -121,40 +85,31 @@ def conv_cpu_kernel_grad(x: jax.Array, kernel: jax.Array, padding, dilation,
   return _native_conv(x, kernel, padding, dilation, precision)
 
 
-def _conv_fwd(x, kernel, padding, dilation, precision):
-  return _native_conv(x, kernel, padding, dilation, precision), (x, kernel)
-
-
 def _conv_bwd(padding, dilation, precision, residuals, g):
   x, kernel = residuals
   _, input_vjp = jax.vjp(lambda v: _native_conv(v, kernel, padding, dilation, precision), x)
-  dx = input_vjp(g)[0]
   grad = lambda fn: lambda x, g: fn(x, g, kernel.shape, padding, dilation, precision)
   dw = jax.lax.platform_dependent(x, g, cpu=grad(_kernel_grad_batch_chunked),
                                   default=grad(_kernel_grad_native))
-  return dx, dw.astype(kernel.dtype)
+  return input_vjp(g)[0], dw.astype(kernel.dtype)
 
 
-conv_cpu_kernel_grad.defvjp(_conv_fwd, _conv_bwd)
+conv_cpu_kernel_grad.defvjp(
+    lambda x, kernel, *args: (_native_conv(x, kernel, *args), (x, kernel)), _conv_bwd)
 
 
 def conv_same(x: jax.Array, kernel: jax.Array, strides, padding, lhs_dilation=None,
               rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
               precision=None, preferred_element_type=None) -> jax.Array:
-  """`lax.conv_general_dilated` for the network's stride-1 NHWC/HWIO convolutions, with the
-  backward pass reformulated (same function):
-
-    * 1×1: a matrix product over channels ([B, H, W, C_in] · [C_in, C_out]), all backends;
-    * k×k: `conv_cpu_kernel_grad` (kernel gradient summed over batch chunks, CPU only).
-
-  Anything else (strides, input dilation, groups, other layouts) is passed through unchanged.
-  Same signature as `lax.conv_general_dilated`, so it plugs into `flax.linen.Conv` and the
-  parameter tree does not change.
+  """`lax.conv_general_dilated` (same signature, so it plugs into `flax.linen.Conv` without
+  changing the parameter tree) with the backward pass of stride-1 NHWC/HWIO convolutions
+  reformulated: 1×1 as a matrix product over channels, k×k as `conv_cpu_kernel_grad`. Anything
+  else (strides, input dilation, groups, other layouts) is passed through unchanged.
   """
-  plain = (tuple(strides) == (1, 1) and not any(d != 1 for d in (lhs_dilation or ()))
-           and feature_group_count == 1 and preferred_element_type is None
-           and _is_nhwc_hwio(dimension_numbers) and not isinstance(padding, str))
-  if not plain:
+  nhwc_hwio = jax.lax.conv_dimension_numbers((1,) * 4, (1,) * 4, ('NHWC', 'HWIO', 'NHWC'))
+  if (tuple(strides) != (1, 1) or any(d != 1 for d in (lhs_dilation or ()))
+      or feature_group_count != 1 or preferred_element_type is not None
+      or dimension_numbers != nhwc_hwio or isinstance(padding, str)):
     return jax.lax.conv_general_dilated(
         x, kernel, strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -167,9 +122,9 @@ def conv_same(x: jax.Array, kernel: jax.Array, strides, padding, lhs_dilation=No
 
 
 class Conv2d(nn.Module):
-  """k×k convolution, stride 1, zero padding dilation·(k//2) ("same"), PyTorch default init.
+  """k×k convolution, stride 1, zero padding dilation·(k//2) ("same"), PyTorch default init: the
+  official `conv1x1`, `conv3x3` and `dilated_conv3x3` (padding = dilation).
 
-  Covers the official `conv1x1`, `conv3x3` and `dilated_conv3x3` (padding = dilation).
   [B, H, W, C_in] -> [B, H, W, features]. Parameters are float32; compute in `dtype`.
   """
   features: int
@@ -182,27 +137,19 @@ class Conv2d(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     k, d = self.kernel_size, self.dilation
     pad = d * (k // 2)
-    fan_in = x.shape[-1] * k * k
+    bound = 1. / np.sqrt(x.shape[-1] * k * k)  # 1/√fan_in
     return nn.Conv(
         self.features, (k, k), padding=((pad, pad), (pad, pad)), kernel_dilation=(d, d),
-        use_bias=self.use_bias, dtype=self.dtype, kernel_init=torch_conv_kernel_init(),
-        bias_init=torch_conv_bias_init(fan_in), conv_general_dilated=conv_same,
-        name='conv')(x.astype(self.dtype))
-
-
-def mean_pool2x2(x: jax.Array) -> jax.Array:
-  """Average of each 2×2 window. [B, H, W, C] -> [B, H/2, W/2, C] (H, W even)."""
-  b, h, w, c = x.shape
-  if h % 2 or w % 2:
-    raise ValueError(f'mean_pool2x2 needs even spatial sizes, got {(h, w)}; NCSNv2 RefineNets '
-                     'halve the resolution at every non-dilated down block.')
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+        use_bias=self.use_bias, dtype=self.dtype,
+        kernel_init=nn.initializers.variance_scaling(1. / 3., 'fan_in', 'uniform'),
+        bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+            key, shape, dtype, -bound, bound),
+        conv_general_dilated=conv_same, name='conv')(x.astype(self.dtype))
 
 
 class ConvMeanPool(nn.Module):
-  """Conv (stride 1, "same" padding) then 2×2 mean pooling — the official `ConvMeanPool`.
-
-  [B, H, W, C_in] -> [B, H/2, W/2, features]. (The official 28-px `adjust_padding` is not needed.)
+  """Conv (stride 1, "same" padding) then 2×2 mean pooling — the official `ConvMeanPool` (its
+  28-px `adjust_padding` is not needed). [B, H, W, C_in] -> [B, H/2, W/2, features] (H, W even).
   """
   features: int
   kernel_size: int = 3
@@ -210,12 +157,17 @@ class ConvMeanPool(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = Conv2d(self.features, self.kernel_size, dtype=self.dtype, name='conv')(x)
-    return mean_pool2x2(h)
+    b, h, w, _ = x.shape
+    if h % 2 or w % 2:
+      raise ValueError(f'mean pooling needs even spatial sizes, got {(h, w)}; NCSNv2 RefineNets '
+                       'halve the resolution at every non-dilated down block.')
+    x = Conv2d(self.features, self.kernel_size, dtype=self.dtype, name='conv')(x)
+    return x.reshape(b, h // 2, 2, w // 2, 2, self.features).mean(axis=(2, 4))
 
 
 def _align_corners_coords(in_size: int, out_size: int):
-  """Source indices i0, i1 and weight w of 1-D bilinear resizing with align_corners=True."""
+  """Source indices i0, i1 and weight w of 1-D linear resizing with align_corners=True:
+  src = o·(in−1)/(out−1), i0 = ⌊src⌋, i1 = i0 + 1 (clipped), w = src − i0."""
   scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.
   src = np.arange(out_size, dtype=np.float64) * scale
   i0 = np.clip(np.floor(src).astype(np.int32), 0, in_size - 1)
@@ -223,35 +175,25 @@ def _align_corners_coords(in_size: int, out_size: int):
   return i0, i1, (src - i0).astype(np.float32)
 
 
-def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out_size, in_size] float32 matrix of 1-D linear interpolation with align_corners=True:
-  row o holds (1 − w) at i0 and w at i1 (src = o·(in−1)/(out−1), i0 = ⌊src⌋, w = src − i0), so
-  `A @ v` is `F.interpolate(v, out_size, mode='linear', align_corners=True)`."""
-  i0, i1, w = _align_corners_coords(in_size, out_size)
-  a = np.zeros((out_size, in_size), np.float32)
-  rows = np.arange(out_size)
-  np.add.at(a, (rows, i0), 1. - w)
-  np.add.at(a, (rows, i1), w)
-  return a
-
-
 def resize_bilinear_align_corners(x: jax.Array, shape: Sequence[int]) -> jax.Array:
   """`F.interpolate(x, size=shape, mode='bilinear', align_corners=True)` in NHWC (the official
-  MSF / CondMSF resize).
+  MSF / CondMSF resize); `jax.image.resize` uses half-pixel centres (align_corners=False).
 
-  `jax.image.resize` uses half-pixel centres (align_corners=False), hence this explicit version:
-  corners map to corners, src = i·(in−1)/(out−1), then linear interpolation along H and W, each a
-  product with a constant interpolation matrix (`align_corners_matrix`, two non-zeros a row) at
-  full float32 precision, so the backward pass is two matrix products, not a scatter-add.
-  [B, H, W, C] -> [B, shape[0], shape[1], C].
+  Linear interpolation along H, then W, each a product with a constant [out, in] matrix (row o
+  holds 1 − w at i0 and w at i1) at full float32 precision, so the backward pass is two matrix
+  products, not a scatter-add. [B, H, W, C] -> [B, shape[0], shape[1], C].
   """
   out = x
   for axis, subscripts in ((1, 'oh,bhwc->bowc'), (2, 'ow,bhwc->bhoc')):
     in_size, out_size = out.shape[axis], int(shape[axis - 1])
     if in_size == out_size:
       continue
-    a = jnp.asarray(align_corners_matrix(in_size, out_size), out.dtype)
-    out = jnp.einsum(subscripts, a, out, precision=jax.lax.Precision.HIGHEST)
+    i0, i1, w = _align_corners_coords(in_size, out_size)
+    a = np.zeros((out_size, in_size), np.float32)
+    np.add.at(a, (np.arange(out_size), i0), 1. - w)
+    np.add.at(a, (np.arange(out_size), i1), w)
+    out = jnp.einsum(subscripts, jnp.asarray(a, out.dtype), out,
+                     precision=jax.lax.Precision.HIGHEST)
   return out
 
 
@@ -262,87 +204,57 @@ def resize_bilinear_align_corners(x: jax.Array, shape: Sequence[int]) -> jax.Arr
 # the first maximum (along W) in the first row (along H) whose row maximum is the window maximum,
 # so two 1-D pools with first-maximum routing give exactly that gradient.
 
-def _shifted(x: jax.Array, axis: int, start: int, size: int) -> jax.Array:
-  return jax.lax.slice_in_dim(x, start, start + size, axis=axis)
-
-
-def _pad_axis(x: jax.Array, axis: int, radius: int, value) -> jax.Array:
-  pads = [(0, 0)] * x.ndim
-  pads[axis] = (radius, radius)
-  return jnp.pad(x, pads, constant_values=value)
-
-
-def _first_argmax_offsets(x: jax.Array, y: jax.Array, axis: int, radius: int) -> jax.Array:
-  """For each output position p of a 1-D max pool along `axis` (window 2r+1, stride 1, padding r
-  with −∞), the window offset j ∈ [0, 2r] of the first input equal to the maximum y[p] (int8).
-  x, y: [..., N, ...] on `axis`."""
-  n = x.shape[axis]
-  xp = _pad_axis(x, axis, radius, -jnp.inf)
-  first = jnp.full(y.shape, 2 * radius + 1, jnp.int8)
-  for j in reversed(range(2 * radius + 1)):  # the smallest matching j is written last
-    first = jnp.where(_shifted(xp, axis, j, n) == y, jnp.int8(j), first)
-  return first
-
-
-def _route_to_first_max(g: jax.Array, first: jax.Array, axis: int, radius: int) -> jax.Array:
-  """Gradient of a 1-D max pool: input q receives g[p] from every window p whose first maximum
-  is q, i.e. p = q + r − j with first[p] == j. g, first: [..., N, ...] -> [..., N, ...]."""
-  n = g.shape[axis]
-  gp = _pad_axis(g, axis, radius, 0)
-  fp = _pad_axis(first, axis, radius, -1)
-  dx = jnp.zeros_like(g)
-  for j in range(2 * radius + 1):
-    start = 2 * radius - j
-    dx = dx + jnp.where(_shifted(fp, axis, start, n) == j, _shifted(gp, axis, start, n), 0)
-  return dx
-
-
-def _max_pool_1d_native(x: jax.Array, axis: int, radius: int) -> jax.Array:
-  window = [1] * x.ndim
-  window[axis] = 2 * radius + 1
-  pads = [(0, 0)] * x.ndim
-  pads[axis] = (radius, radius)
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, (1,) * x.ndim, pads)
+def _pad_axis(x: jax.Array, axis: int, radius: int, value=0) -> jax.Array:
+  return jnp.pad(x, [(radius, radius) if a == axis else (0, 0) for a in range(x.ndim)],
+                 constant_values=value)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def max_pool_1d(x: jax.Array, axis: int, radius: int) -> jax.Array:
   """1-D max pool along `axis`: window 2r+1, stride 1, padding r (padding never wins), with a
   first-maximum gradient (see the section comment). [..., N, ...] -> [..., N, ...]."""
-  return _max_pool_1d_native(x, axis, radius)
+  window = [2 * radius + 1 if a == axis else 1 for a in range(x.ndim)]
+  return jax.lax.reduce_window(_pad_axis(x, axis, radius, -jnp.inf), -jnp.inf, jax.lax.max,
+                               window, (1,) * x.ndim, 'VALID')
 
 
 def _max_pool_1d_fwd(x, axis, radius):
-  y = _max_pool_1d_native(x, axis, radius)
+  y = max_pool_1d(x, axis, radius)
   return y, (x, y)
 
 
 def _max_pool_1d_bwd(axis, radius, residuals, g):
+  """first[p]: the window offset j ∈ [0, 2r] of the first input equal to the maximum y[p] (int8);
+  input q then receives g[p] from every window p = q + r − j with first[p] == j."""
   x, y = residuals
-  first = _first_argmax_offsets(x, y, axis, radius)
-  return (_route_to_first_max(g, first, axis, radius),)
+  n = x.shape[axis]
+  shifted = lambda v, start: jax.lax.slice_in_dim(v, start, start + n, axis=axis)
+  xp = _pad_axis(x, axis, radius, -jnp.inf)
+  first = jnp.full(y.shape, 2 * radius + 1, jnp.int8)
+  for j in reversed(range(2 * radius + 1)):  # the smallest matching j is written last
+    first = jnp.where(shifted(xp, j) == y, jnp.int8(j), first)
+  gp, fp = _pad_axis(g, axis, radius), _pad_axis(first, axis, radius, -1)
+  dx = jnp.zeros_like(g)
+  for j in range(2 * radius + 1):
+    start = 2 * radius - j
+    dx = dx + jnp.where(shifted(fp, start) == j, shifted(gp, start), 0)
+  return (dx,)
 
 
 max_pool_1d.defvjp(_max_pool_1d_fwd, _max_pool_1d_bwd)
 
 
 def max_pool_same(x: jax.Array, window: int = 5) -> jax.Array:
-  """`nn.MaxPool2d(window, stride=1, padding=window // 2)` in NHWC, PyTorch's gradient routing.
-
-  Forward: max over W then over H (exactly the 2-D window max). Backward: each window's gradient
-  goes to its first maximum in row-major order, as the official PyTorch pooling (and
-  `flax.linen.max_pool`) route it, computed from the pooled outputs with shifted compares.
-  [B, H, W, C] -> [B, H, W, C].
+  """`nn.MaxPool2d(window, stride=1, padding=window // 2)` in NHWC: max over W then over H (exactly
+  the 2-D window max), each window's gradient to its first maximum in row-major order as PyTorch
+  (and `flax.linen.max_pool`) route it. [B, H, W, C] -> [B, H, W, C].
   """
   if window % 2 != 1:
     raise ValueError(f'max_pool_same needs an odd window, got {window}.')
-  radius = window // 2
-  return max_pool_1d(max_pool_1d(x, 2, radius), 1, radius)
+  return max_pool_1d(max_pool_1d(x, 2, window // 2), 1, window // 2)
 
 
-# ------------------------------------------------------------------------------------------------
-# 3. InstanceNorm++.
-# ------------------------------------------------------------------------------------------------
+# 2. InstanceNorm++. ------------------------------------------------------------------------------
 
 class InstanceNormPlus(nn.Module):
   """InstanceNorm++ (unconditional `InstanceNorm2dPlus` of ermongroup/ncsnv2).
@@ -372,16 +284,13 @@ class InstanceNormPlus(nn.Module):
     means_hat = (means - m) / jnp.sqrt(v + self.epsilon)                   # [B, C]
     var = jnp.var(x, axis=(1, 2), keepdims=True)                           # biased, as torch IN
     h = (x - means[:, None, None, :]) / jnp.sqrt(var + self.epsilon)
-    h = h + means_hat[:, None, None, :] * alpha
-    out = gamma * h
+    out = gamma * (h + means_hat[:, None, None, :] * alpha)
     if self.use_bias:
       out = out + self.param('beta', nn.initializers.zeros, (c,))
     return out.astype(self.dtype)
 
 
-# ------------------------------------------------------------------------------------------------
-# 4. RefineNet blocks (NCSNv2).
-# ------------------------------------------------------------------------------------------------
+# 3. RefineNet blocks (NCSNv2). ------------------------------------------------------------------
 
 class ResidualBlock(nn.Module):
   """Pre-activation residual block: norm → ELU → conv1 → norm → ELU → conv2, plus shortcut.
@@ -415,20 +324,14 @@ class ResidualBlock(nn.Module):
       mid = c_in if self.resample == 'down' else f
       conv1, conv2 = conv(mid, 'conv1'), conv(f, 'conv2')
       shortcut = conv(f, 'shortcut', k=1 if d is None else 3)
-
-    h = nn.elu(InstanceNormPlus(dtype=self.dtype, name='normalize1')(x))
-    h = conv1(h)
-    h = nn.elu(InstanceNormPlus(dtype=self.dtype, name='normalize2')(h))
-    h = conv2(h)
+    h = conv1(nn.elu(InstanceNormPlus(dtype=self.dtype, name='normalize1')(x)))
+    h = conv2(nn.elu(InstanceNormPlus(dtype=self.dtype, name='normalize2')(h)))
     skip = x.astype(self.dtype) if (self.resample is None and c_in == f) else shortcut(x)
     return skip + h
 
 
 class RCUBlock(nn.Module):
-  """Residual conv unit: n_blocks × [x ← x + (ELU → conv3x3, no bias) × n_stages].
-
-  [B, H, W, C] -> [B, H, W, C].
-  """
+  """Residual conv unit: n_blocks × [x ← x + (ELU → conv3x3, no bias) × n_stages]. [B, H, W, C]."""
   n_blocks: int
   n_stages: int
   dtype: Dtype = jnp.float32
@@ -447,10 +350,7 @@ class RCUBlock(nn.Module):
 
 class CRPBlock(nn.Module):
   """Chained residual pooling: x ← ELU(x); path ← x; n_stages × [path ← conv(maxpool5×5(path));
-  x ← x + path]. Max pool: 5×5, stride 1, padding 2 (padding never wins: −∞).
-
-  [B, H, W, C] -> [B, H, W, C].
-  """
+  x ← x + path]. Max pool: 5×5, stride 1, padding 2 (padding never wins: −∞). [B, H, W, C]."""
   n_stages: int
   dtype: Dtype = jnp.float32
 
@@ -460,27 +360,22 @@ class CRPBlock(nn.Module):
     x = nn.elu(x.astype(self.dtype))
     path = x
     for i in range(self.n_stages):
-      path = max_pool_same(path, 5)
-      path = Conv2d(c, 3, use_bias=False, dtype=self.dtype, name=f'convs_{i}')(path)
+      path = Conv2d(c, 3, use_bias=False, dtype=self.dtype, name=f'convs_{i}')(max_pool_same(path))
       x = path + x
     return x
 
 
 class MSFBlock(nn.Module):
   """Multi-resolution fusion: Σ_i resize_align_corners(conv3x3_i(xs[i]), shape).
-
-  xs[i]: [B, H_i, W_i, C_i] -> [B, shape[0], shape[1], features].
-  """
+  xs[i]: [B, H_i, W_i, C_i] -> [B, shape[0], shape[1], features]."""
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array], shape: Sequence[int]) -> jax.Array:
-    out = 0.
-    for i, x in enumerate(xs):
-      h = Conv2d(self.features, 3, dtype=self.dtype, name=f'convs_{i}')(x)
-      out = out + resize_bilinear_align_corners(h, shape)
-    return out
+    return sum(resize_bilinear_align_corners(
+        Conv2d(self.features, 3, dtype=self.dtype, name=f'convs_{i}')(x), shape)
+        for i, x in enumerate(xs))
 
 
 class RefineBlock(nn.Module):

@@ -24,7 +24,7 @@ PyTorch constructors (nn.Conv2d weights + biases, InstanceNorm2dPlus α, γ, β)
 exactly.
 """
 
-from typing import Any, ClassVar, Sequence, Tuple
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,14 +34,17 @@ from ncsn_rin.models.layers import Conv2d, InstanceNormPlus, RefineBlock, Residu
 
 Dtype = Any
 
-# One stage: (residual-stage name, paired refine-block name, channel multiplier, first block
-# resamples 'down', dilation or None). Names follow the official attributes (res31 / refine31 in
-# the deepest model) so that converted checkpoints map one to one.
-Stage = Tuple[str, str, int, bool, Any]
+
+def _stages(res: str, refine: str, mults: Sequence[int], dilations: Sequence[Any]) -> tuple:
+  """Stages (res name, paired refine name, channel multiplier, dilation or None), deepest last. The
+  names follow the official attributes (res31 / refine31 in the deepest model) so that converted
+  checkpoints map one to one; every stage but the first starts with a 'down' block."""
+  return tuple(zip([f'res{n}' for n in res.split()], [f'refine{n}' for n in refine.split()],
+                   mults, dilations))
 
 
 class _RefineNetBase(nn.Module):
-  """Shared NCSNv2 body; subclasses only fix `stages`.
+  """Shared NCSNv2 body; subclasses only fix `stages` (`_stages`).
 
   begin_conv(3×3) → stages of 2 ResidualBlocks → RefineBlocks from the deepest stage up, each
   fusing its stage's features with the refined features from below → InstanceNorm++ → ELU →
@@ -53,7 +56,7 @@ class _RefineNetBase(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
 
-  stages: ClassVar[Sequence[Stage]] = ()  # fixed by subclasses, not a constructor argument
+  stages: ClassVar[tuple] = ()  # fixed by subclasses, not a constructor argument
 
   @nn.compact
   def __call__(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -71,21 +74,18 @@ class _RefineNetBase(nn.Module):
 
     # Encoder: two residual blocks per stage.
     layers = []
-    for k, (res_name, _, mult, down, dilation) in enumerate(self.stages):
-      feats = mult * self.ngf
-      h = res_cls(feats, resample='down' if down else None, dilation=dilation, dtype=self.dtype,
-                  name=f'{res_name}_0')(h)
-      h = res_cls(feats, resample=None, dilation=dilation, dtype=self.dtype,
-                  name=f'{res_name}_1')(h)
+    for k, (res_name, _, mult, dilation) in enumerate(self.stages):
+      for j in range(2):
+        h = res_cls(mult * self.ngf, resample='down' if k > 0 and j == 0 else None,
+                    dilation=dilation, dtype=self.dtype, name=f'{res_name}_{j}')(h)
       layers.append(h)
 
     # Decoder: the refine block at stage k outputs the channel count of stage k−1.
     ref = None
     for k in reversed(range(len(self.stages))):
-      _, refine_name, _, _, _ = self.stages[k]
       feats = self.stages[max(k - 1, 0)][2] * self.ngf
       xs = (layers[k],) if ref is None else (layers[k], ref)
-      ref = refine_cls(feats, end=(k == 0), dtype=self.dtype, name=refine_name)(xs)
+      ref = refine_cls(feats, end=(k == 0), dtype=self.dtype, name=self.stages[k][1])(xs)
 
     h = nn.elu(InstanceNormPlus(dtype=self.dtype, name='normalizer')(ref))
     h = Conv2d(self.num_channels, 3, dtype=self.dtype, name='end_conv')(h)
@@ -98,32 +98,14 @@ class NCSNv2(_RefineNetBase):
   `NCSNv2(ngf=128, num_channels=3, data_centered=False, remat=False, dtype=jnp.float32)`;
   `__call__(x [B, H, W, C], sigma [B]) -> [B, H, W, C]` = f(x) / σ.
   """
-  stages: ClassVar[Sequence[Stage]] = (
-      ('res1', 'refine4', 1, False, None),
-      ('res2', 'refine3', 2, True, None),
-      ('res3', 'refine2', 2, True, 2),
-      ('res4', 'refine1', 2, True, 4),
-  )
+  stages = _stages('1 2 3 4', '4 3 2 1', (1, 2, 2, 2), (None, None, 2, 4))
 
 
 class NCSNv2Deeper(_RefineNetBase):
   """NCSNv2 for 96–128 px images (official `NCSNv2Deeper`; 83.45M parameters at ngf=128)."""
-  stages: ClassVar[Sequence[Stage]] = (
-      ('res1', 'refine5', 1, False, None),
-      ('res2', 'refine4', 2, True, None),
-      ('res3', 'refine3', 2, True, None),
-      ('res4', 'refine2', 4, True, 2),
-      ('res5', 'refine1', 4, True, 4),
-  )
+  stages = _stages('1 2 3 4 5', '5 4 3 2 1', (1, 2, 2, 4, 4), (None, None, None, 2, 4))
 
 
 class NCSNv2Deepest(_RefineNetBase):
   """NCSNv2 for 256 px images (official `NCSNv2Deepest`; 94.13M parameters at ngf=128)."""
-  stages: ClassVar[Sequence[Stage]] = (
-      ('res1', 'refine5', 1, False, None),
-      ('res2', 'refine4', 2, True, None),
-      ('res3', 'refine3', 2, True, None),
-      ('res31', 'refine31', 2, True, None),
-      ('res4', 'refine2', 4, True, 2),
-      ('res5', 'refine1', 4, True, 4),
-  )
+  stages = _stages('1 2 3 31 4 5', '5 4 3 31 2 1', (1, 2, 2, 2, 4, 4), (None,) * 4 + (2, 4))

@@ -49,42 +49,21 @@ Dtype = Any
 POS_EMB_INIT = nn.initializers.truncated_normal(0.02)
 
 
-def keras_fans(shape) -> tuple:
-  """Keras `_compute_fans`: 2-D (in, out); N-D kernels (…, in, out) multiply both by prod(shape[:-2])."""
-  if len(shape) == 2:
-    return shape[0], shape[1]
-  receptive = int(np.prod(shape[:-2]))
-  return shape[-2] * receptive, shape[-1] * receptive
-
-
 def glorot_uniform_keras(kernel_shape=None):
-  """Keras `glorot_uniform`: U(±sqrt(6 / (fan_in + fan_out))) with Keras's fans (`keras_fans`).
+  """Keras `glorot_uniform`: U(±sqrt(6 / (fan_in + fan_out))) with Keras's `_compute_fans`: 2-D
+  (in, out); N-D kernels (…, in, out) multiply both by prod(shape[:-2]).
 
   `kernel_shape` is the kernel's shape as Keras sees it, needed for the 3-D attention kernels
   (Flax's DenseGeneral hands its initialiser the flattened 2-D shape): a query kernel [D, N, H]
   has fans (N·D, H·D), an output kernel [N, H, D] has fans (H·N, D·N) — not Flax's (D, N·H).
   """
   def init(key, shape, dtype=jnp.float32):
-    fan_in, fan_out = keras_fans(kernel_shape or shape)
-    limit = math.sqrt(6. / (fan_in + fan_out))
+    kernel = kernel_shape or shape
+    receptive = int(np.prod(kernel[:-2]))  # 1 for 2-D kernels
+    limit = math.sqrt(6. / ((kernel[-2] + kernel[-1]) * receptive))
     return jax.random.uniform(key, shape, dtype, -limit, limit)
 
   return init
-
-
-def sincos_features(values: jax.Array, dim: int) -> jax.Array:
-  """pix2seq `positional_encoding`: [sin(v·ω_k), cos(v·ω_k)], ω_k = 10000^(−2k/dim), k < dim/2.
-
-  values [B] -> [B, dim] float32 (dim even).
-  """
-  freqs = 10000. ** (-2. * jnp.arange(dim // 2, dtype=jnp.float32) / dim)
-  args = values.astype(jnp.float32)[:, None] * freqs[None, :]
-  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
-
-
-def standardise(x: jax.Array) -> jax.Array:
-  """(x − mean) / std over the last axis, parameter-free (ScalarEmbedding `normalize=True`)."""
-  return (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)
 
 
 def _dense(features, dtype, name):
@@ -117,10 +96,9 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-  """Keras `MultiHeadAttention(num_heads, key_dim)` of x [B, T, Dx] over ctx [B, S, Dc] -> [B, T, Dx].
-
-  Kernels q/k/v [D, heads, key_dim] and out [heads, key_dim, Dx], all with biases; softmax of
-  q·kᵀ/√key_dim through `jax.nn.dot_product_attention` (fused kernels where the backend has them).
+  """Keras `MultiHeadAttention(num_heads, key_dim)` of x [B, T, Dx] over ctx [B, S, Dc]: kernels
+  q/k/v [D, heads, key_dim] and out [heads, key_dim, Dx], all with biases; softmax of q·kᵀ/√key_dim
+  through `jax.nn.dot_product_attention` (fused kernels where the backend has them). -> [B, T, Dx].
   """
   num_heads: int
   key_dim: int
@@ -167,27 +145,23 @@ class AttentionLayer(nn.Module):
 
 
 class RINBlock(nn.Module):
-  """One read → compute × num_layers → write block. latents [B, L, Dl], tape [B, N, Dt]."""
+  """One read → compute × num_layers → write block. latents [B, L, Dl], tape [B, N, Dt].
+
+  read, compute, write: the `AttentionLayer` arguments (heads, mlp_ratio[, dropout, drop_path]).
+  """
   num_layers: int
-  latent_heads: int
-  rw_heads: int
-  latent_mlp_ratio: int
-  tape_mlp_ratio: int
-  dropout: float = 0.
-  drop_path: float = 0.
+  read: tuple
+  compute: tuple
+  write: tuple
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, latents, tape, deterministic: bool):
-    latents = AttentionLayer(self.rw_heads, self.latent_mlp_ratio, dtype=self.dtype,
-                             name='read')(latents, tape, deterministic)
+    layer = lambda args, name: AttentionLayer(*args, dtype=self.dtype, name=name)
+    latents = layer(self.read, 'read')(latents, tape, deterministic)
     for i in range(self.num_layers):
-      latents = AttentionLayer(self.latent_heads, self.latent_mlp_ratio, self.dropout,
-                               self.drop_path, self.dtype, name=f'compute_{i}')(
-                                   latents, None, deterministic)
-    tape = AttentionLayer(self.rw_heads, self.tape_mlp_ratio, dtype=self.dtype,
-                          name='write')(tape, latents, deterministic)
-    return latents, tape
+      latents = layer(self.compute, f'compute_{i}')(latents, None, deterministic)
+    return latents, layer(self.write, 'write')(tape, latents, deterministic)
 
 
 class RIN(nn.Module):
@@ -230,7 +204,13 @@ class RIN(nn.Module):
 
   def _condition_tokens(self, gamma, labels):
     """Time token (ScalarEmbedding) and, with classes, the class token. -> [B, 1|2, Dl]."""
-    emb = standardise(sincos_features(gamma * self.time_scale, self.latent_dim // 4))
+    # pix2seq `positional_encoding` [sin(v·ω_k), cos(v·ω_k)], ω_k = 10000^(−2k/d), k < d/2,
+    # d = Dl/4, then standardised over the features (`normalize=True`).
+    d = self.latent_dim // 4
+    args = (gamma * self.time_scale).astype(jnp.float32)[:, None] * (
+        10000. ** (-2. * jnp.arange(d // 2, dtype=jnp.float32) / d))[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    emb = (emb - emb.mean(-1, keepdims=True)) / emb.std(-1, keepdims=True)
     emb = nn.silu(_dense(self.latent_dim, self.dtype, 'time_dense0')(emb))
     tokens = [_dense(self.latent_dim, self.dtype, 'time_dense1')(emb)]
     if self.num_classes > 0:
@@ -266,9 +246,10 @@ class RIN(nn.Module):
     latents = self._initial_latents(self._condition_tokens(gamma, labels), latent_prev,
                                     deterministic)
     block_cls = nn.remat(RINBlock, static_argnums=(3,)) if self.remat else RINBlock
+    compute = (self.latent_heads, self.latent_mlp_ratio, self.dropout, self.drop_path)
     for i in range(self.num_blocks):
       latents, tape = block_cls(
-          self.num_layers_per_block, self.latent_heads, self.rw_heads, self.latent_mlp_ratio,
-          self.tape_mlp_ratio, self.dropout, self.drop_path, self.dtype,
-          name=f'block_{i}')(latents, tape, deterministic)
+          self.num_layers_per_block, (self.rw_heads, self.latent_mlp_ratio), compute,
+          (self.rw_heads, self.tape_mlp_ratio), self.dtype, name=f'block_{i}')(
+              latents, tape, deterministic)
     return self._readout(tape), latents.astype(jnp.float32)
