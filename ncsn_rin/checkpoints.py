@@ -1,10 +1,10 @@
 """Orbax checkpointing: async save, keep the last few, restore-or-init with fallback.
 
-A checkpoint holds the whole train state (step, params, EMA params, optimiser state, RNG key). Orbax
-writes each step into a temporary directory and renames it only once complete, so a process killed
-mid-save (SIGKILL, preemption) never leaves a half-written step that `all_steps()` would list. If the
-newest complete step still fails to restore (files deleted or truncated afterwards), `restore_latest`
-falls back to the previous one with a warning that names both steps.
+A checkpoint holds the whole train state (step, params, EMA params, optimiser state, RNG key).
+Orbax writes each step into a temporary directory and renames it only once complete, so a process
+killed mid-save (SIGKILL, preemption) never leaves a half-written step that `all_steps()` would
+list. If the newest complete step still fails to restore (files deleted or truncated afterwards),
+`restore_latest` falls back to the previous one with a warning that names both steps.
 """
 
 import os
@@ -53,37 +53,24 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool =
   return manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
 
-def _path_name(path) -> str:
-  """A key path as 'a/0/mu/w', the same whether a node is a namedtuple (as in the model's state)
-  or the dict Orbax's metadata turns it into (`.mu` vs `['mu']`)."""
-  parts = []
-  for k in path:
-    for attr in ('key', 'idx', 'name'):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return '/'.join(parts)
-
-
 def _shape_mismatches(saved_meta: Any, abstract_state: Any):
-  """Lists 'path: saved shape vs expected shape' for leaves whose shapes differ."""
-  saved = {_path_name(k): getattr(v, 'shape', None)
-           for k, v in jax.tree_util.tree_leaves_with_path(saved_meta)}
+  """Lists 'path: checkpoint shape vs model shape' for leaves whose shapes differ. Paths read
+  'a/0/mu/w' whether a node is a namedtuple (the model's state) or the dict Orbax's metadata
+  turns it into (`.mu` vs `['mu']`)."""
+
+  def shapes(tree):
+    return {jax.tree_util.keystr(k, simple=True, separator='/'): getattr(v, 'shape', None)
+            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+  saved, model = shapes(saved_meta), shapes(abstract_state)
   out = []
-  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
-    key = _path_name(path)
-    want = tuple(getattr(leaf, 'shape', ()))
-    got = saved.get(key, 'missing')
-    if got != 'missing' and got is not None:
-      got = tuple(got)
+  for key, want in model.items():
+    got, want = saved.get(key, 'missing'), tuple(want or ())
+    got = got if got in ('missing', None) else tuple(got)
     if got != want:
       out.append(f'{key}: checkpoint {got} vs model {want}')
-  expected = {_path_name(k) for k, _ in jax.tree_util.tree_leaves_with_path(abstract_state)}
-  out += [f'{key}: checkpoint {tuple(shape or ())} vs model missing'
-          for key, shape in saved.items() if key not in expected and shape is not None]
-  return out
+  return out + [f'{key}: checkpoint {tuple(shape)} vs model missing'
+                for key, shape in saved.items() if key not in model and shape is not None]
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: Any):
@@ -94,9 +81,7 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: 
     meta = getattr(meta, 'tree', meta)
   except Exception:  # pylint: disable=broad-except
     return  # unreadable metadata: the restore itself will report (and fall back)
-  if meta is None:
-    return
-  mismatches = _shape_mismatches(meta, abstract_state)
+  mismatches = _shape_mismatches(meta, abstract_state) if meta is not None else []
   if mismatches:
     old = any(name in m for m in mismatches for name in _PRE_FIDELITY_RIN_NAMES)
     cause = ('an older ncsn_rin RIN (before the 2026-11-29 change to the official pix2seq time '
@@ -115,10 +100,8 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> A
 
 def restore_latest(manager: ocp.CheckpointManager,
                    abstract_state: Any) -> Tuple[Optional[Any], Optional[int]]:
-  """Restores the newest restorable step, newest first; (None, None) when there is none.
-
-  A model-shape mismatch is not a corrupt checkpoint: it raises CheckpointShapeError at once.
-  """
+  """Restores the newest restorable step, newest first; (None, None) when there is none. A
+  model-shape mismatch is not a corrupt checkpoint: it raises CheckpointShapeError at once."""
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return None, None
@@ -135,5 +118,6 @@ def restore_latest(manager: ocp.CheckpointManager,
     if failed:
       logging.warning('checkpoint step %s is corrupt; fell back to step %d', failed, step)
     return state, step
-  raise NoRestorableCheckpointError(f'no checkpoint in {manager.directory} could be restored (tried steps '
-                     f'{steps}); move the directory aside to start from scratch.')
+  raise NoRestorableCheckpointError(f'no checkpoint in {manager.directory} could be restored '
+                                    f'(tried steps {steps}); move the directory aside to start '
+                                    'from scratch.')

@@ -72,9 +72,8 @@ def image_folder_examples(root: str, split: str) -> tuple[list[str], np.ndarray,
   if not examples:
     raise FileNotFoundError(f'image_folder: no images for split {split!r} in {root!r}. '
                             + _image_folder_help(root))
-  order = np.random.default_rng(0).permutation(len(examples))
-  return ([examples[i][0] for i in order], np.array([examples[i][1] for i in order], np.int32),
-          num_classes)
+  paths, labels = zip(*[examples[i] for i in np.random.default_rng(0).permutation(len(examples))])
+  return list(paths), np.array(labels, np.int32), num_classes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,10 +129,8 @@ def check_prepared(name: str, *, data_dir: str = '', manual_dir: str = '', downl
 
 def dataset_info(name: str, *, split: str = 'train', data_dir: str = '',
                  image_folder: str = '') -> tuple[int, int]:
-  """(number of examples in `split`, number of classes; 0 when unlabelled), reading no images.
-
-  TFDS data sets must be prepared (see `check_prepared`).
-  """
+  """(number of examples in `split`, number of classes; 0 when unlabelled), reading no images;
+  TFDS data sets must be prepared (see `check_prepared`)."""
   if name == 'digits':
     return DIGITS_NUM_EXAMPLES, DIGITS_NUM_CLASSES
   if name == 'image_folder':

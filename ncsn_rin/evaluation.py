@@ -48,12 +48,6 @@ def _is_main() -> bool:
   return jax.process_index() == 0
 
 
-def _manager(exp, workdir: str):
-  return checkpoints.make_manager(os.path.join(workdir, 'checkpoints'),
-                                  max_to_keep=exp.config.train.max_to_keep,
-                                  keep_every=exp.config.train.keep_every)
-
-
 def restore_ema_params(exp, manager, step: int):
   """EMA parameters of checkpoint `step` (what sampling uses, as pix2seq's `denoiser_ema`)."""
   state = checkpoints.restore(manager, step, exp.abstract_sharded_state)
@@ -65,7 +59,7 @@ def sample_to_workdir(exp, workdir: str) -> Dict[str, Any]:
   """Writes `config.sample.num_samples` images of the latest checkpoint as a PNG grid and an .npz
   (uint8 images [N, H, W, C] and, class-conditional, their int32 labels [N])."""
   config = exp.config
-  manager = _manager(exp, workdir)
+  manager = exp.checkpoint_manager(workdir)
   state, step = checkpoints.restore_latest(manager, exp.abstract_sharded_state)
   n = config.sample.num_samples
   sample_fn = exp.sample_fn(min(config.sample.batch_size, n))
@@ -92,9 +86,7 @@ def sample_to_workdir(exp, workdir: str) -> Dict[str, Any]:
   return result
 
 
-# ----------------------------------------------------------------------------------------------
-# FID
-# ----------------------------------------------------------------------------------------------
+# FID --------------------------------------------------------------------------------------------
 
 def feature_fn_for(config, mesh):
   """The sharded Inception feature function of `config.eval` (protocol, chunk, weights) on `mesh`;
@@ -213,13 +205,13 @@ def _fid_of_checkpoint(exp, manager, step: int, settings_id: str, feature_fn, re
 
 
 def _load_eval_progress(path: str):
+  """(statistics, next batch) saved by an interrupted row; empty statistics and 0 if none."""
   stats = fid.RunningStatistics(inception.FEATURE_DIM)
   if not os.path.exists(path):
     return stats, 0
   with np.load(path) as f:
-    state = {k: f[k] for k in f.files}
-  next_batch = int(state.pop('next_batch'))
-  stats.load_state_dict(state)
+    stats.load_state_dict(f)
+    next_batch = int(f['next_batch'])
   logging.info('resuming at batch %d (%d samples done) from %s', next_batch, stats.count, path)
   return stats, next_batch
 
@@ -243,7 +235,7 @@ def evaluate_fid(exp, workdir: str) -> Dict[str, Any]:
   config = exp.config
   ref = fid.load_statistics(default_stats_path(config, workdir),
                             protocol=config.eval.ref_protocol or config.eval.protocol)
-  manager = _manager(exp, workdir)
+  manager = exp.checkpoint_manager(workdir)
   settings = _row_settings(config)
   settings_id = _settings_id(settings)
   results_path = os.path.join(workdir, RESULTS_FILE)
@@ -285,9 +277,7 @@ def evaluate_fid(exp, workdir: str) -> Dict[str, Any]:
   return result
 
 
-# ----------------------------------------------------------------------------------------------
-# NCSNv2 noise hyperparameters from data
-# ----------------------------------------------------------------------------------------------
+# NCSNv2 noise hyperparameters from data ---------------------------------------------------------
 
 def tune_noise(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Techniques 1, 2, 4: σ1 from the data, L from the overlap, ε from Proposition 3; prints them

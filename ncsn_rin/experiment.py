@@ -9,6 +9,7 @@ the config: networks map tensors to tensors, and the math (`diffusion`, `langevi
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, Optional, Tuple
 
 from absl import logging
@@ -109,17 +110,14 @@ class Experiment:
 
   # -- state ------------------------------------------------------------------------------------
 
-  def _dummy_inputs(self, batch_size: int = 1):
-    d = self.config.data
-    x = jnp.zeros((batch_size, d.image_size, d.image_size, d.num_channels), jnp.float32)
-    noise_level = jnp.ones((batch_size,), jnp.float32)
-    if self.config.model.name == 'rin':
-      return (x, noise_level, jnp.zeros((batch_size,), jnp.int32) if d.num_classes else None)
-    return (x, noise_level)
-
   def _init(self, key):
+    """The train state at step 0 (see `train`), initialised on one dummy example."""
     init_key, rng = jax.random.split(key)
-    params = self.model.init(init_key, *self._dummy_inputs())['params']
+    d = self.config.data
+    inputs = (jnp.zeros((1, d.image_size, d.image_size, d.num_channels)), jnp.ones((1,)))
+    if self.config.model.name == 'rin':
+      inputs += (jnp.zeros((1,), jnp.int32) if d.num_classes else None,)
+    params = self.model.init(init_key, *inputs)['params']
     return {
         'step': jnp.zeros((), jnp.int32),
         'params': params,
@@ -140,6 +138,12 @@ class Experiment:
 
   def param_count(self) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.abstract_state['params'])))
+
+  def checkpoint_manager(self, workdir: str):
+    """The run's CheckpointManager (`workdir`/checkpoints, `config.train` retention)."""
+    t = self.config.train
+    return checkpoints.make_manager(os.path.join(workdir, 'checkpoints'),
+                                    max_to_keep=t.max_to_keep, keep_every=t.keep_every)
 
   def restore_or_init(self, manager) -> Tuple[Any, int]:
     """Latest restorable checkpoint (logged), else a fresh state at step 0."""

@@ -14,9 +14,7 @@ from etils import epath
 import numpy as np
 
 
-def path(p) -> epath.Path:
-  """A local path or a gs:// URL as an etils Path."""
-  return epath.Path(p)
+path = epath.Path  # path(p): a local path or a gs:// URL as an etils Path.
 
 
 def write_bytes(target, data: bytes) -> str:
@@ -24,10 +22,10 @@ def write_bytes(target, data: bytes) -> str:
   target = path(target)
   if str(target).startswith('gs://'):
     target.write_bytes(data)
-    return str(target)
-  tmp = target.parent / f'.{target.name}.tmp{os.getpid()}'
-  tmp.write_bytes(data)
-  os.replace(tmp, target)
+  else:
+    tmp = target.parent / f'.{target.name}.tmp{os.getpid()}'
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
   return str(target)
 
 

@@ -44,17 +44,7 @@ def quiet_library_logs():
       logger.addFilter(_QuietLibraries())
 
 
-# ----------------------------------------------------------------------------------------------
-# Multi-host
-# ----------------------------------------------------------------------------------------------
-
-def _in_slurm_multiprocess() -> bool:
-  return int(os.environ.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_PROCID' in os.environ
-
-
-def _on_tpu_pod() -> bool:
-  return ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
-
+# Multi-host -------------------------------------------------------------------------------------
 
 def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
   """Calls `jax.distributed.initialize()` when this is one process of several.
@@ -75,7 +65,8 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
           '(or JAX_NUM_PROCESSES / JAX_PROCESS_ID).')
     if num_processes > 1:
       jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  elif _on_tpu_pod() or _in_slurm_multiprocess():
+  elif (',' in env.get('TPU_WORKER_HOSTNAMES', '')  # a TPU pod slice, or SLURM with several tasks
+        or (int(env.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_PROCID' in env)):
     jax.distributed.initialize()
   else:
     return
@@ -83,15 +74,13 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-# ----------------------------------------------------------------------------------------------
-# Workdir
-# ----------------------------------------------------------------------------------------------
+# Workdir ----------------------------------------------------------------------------------------
 
 def check_workdir(mode: str, workdir: str):
   """Raises UserError if `workdir` cannot be used by `mode`; creates nothing.
 
   A local workdir (or, when it does not exist yet, its nearest existing parent) must be a writable
-  directory; `sample` / `eval` need its checkpoints. gs:// workdirs are checked by their first write.
+  directory; `sample` / `eval` need its checkpoints. gs:// ones are checked by their first write.
   """
   if workdir.startswith('gs://'):
     return
@@ -137,14 +126,13 @@ def check_data(config):
     raise validation.UserError(str(e)) from None
 
 
-def _check_checkpoint(exp, workdir: str, config):
+def _check_checkpoint(exp, workdir: str):
   """Raises CheckpointShapeError when the workdir's newest checkpoint has other shapes (one process:
   opening a CheckpointManager is a collective whose participants could differ; on several
   processes the restore raises the same error)."""
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  if jax.process_count() > 1 or not files.path(ckpt_dir).is_dir():
+  if jax.process_count() > 1 or not files.path(workdir, 'checkpoints').is_dir():
     return
-  manager = checkpoints.make_manager(ckpt_dir, max_to_keep=config.train.max_to_keep)
+  manager = exp.checkpoint_manager(workdir)
   if manager.all_steps():
     checkpoints.check_compatible(manager, max(manager.all_steps()), exp.abstract_state)
   manager.close()
@@ -163,7 +151,7 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
   exp = None
   if mode in ('train', 'sample', 'eval'):
     exp = experiment.Experiment(config)  # traces shapes only
-    _check_checkpoint(exp, workdir, config)
+    _check_checkpoint(exp, workdir)
   files.path(workdir).mkdir(parents=True, exist_ok=True)
   if mode == 'train':
     save_config_copy(workdir, config)

@@ -69,7 +69,6 @@ def make_diffusion_sample_fn(model, shape: Tuple[int, ...], *, gamma_fn: Callabl
   """Jitted `fn(params, key) -> (uint8 [B, H, W, C], labels)` (see module docstring).
 
   Labels: `sample_labels(·, B, num_classes, balanced_labels)`; the null label is `num_classes`.
-
   `model.apply(variables, x, gamma, labels, latent_prev)` returns (pred, latents); `self_cond`
   carries the latents from step to step (RIN Sec. 3.4) starting from zeros of
   `model.latent_shape(B)`.
@@ -79,14 +78,11 @@ def make_diffusion_sample_fn(model, shape: Tuple[int, ...], *, gamma_fn: Callabl
     label_key, key = jax.random.split(key)
     labels = sample_labels(label_key, shape[0], num_classes, balanced_labels)
 
-    def net_fn(x_in, gamma, latent_prev, lbls):
-      return model.apply({'params': params}, _constrain(x_in, sharding), gamma, lbls, latent_prev)
-
     def eps_fn(x_t, gamma, latent_prev, lbls):
-      eps_of = diffusion.make_eps_fn(lambda x, g, sc: net_fn(x, g, sc, lbls),
-                                     pred_target=pred_target, normalize_input=normalize_input,
-                                     b=b)
-      return eps_of(x_t, gamma, latent_prev)
+      net_fn = lambda x, g, sc: model.apply({'params': params}, _constrain(x, sharding), g, lbls,
+                                            sc)
+      return diffusion.make_eps_fn(net_fn, pred_target=pred_target,
+                                   normalize_input=normalize_input, b=b)(x_t, gamma, latent_prev)
 
     eps_fn = guided_eps_fn(eps_fn, guidance_scale, num_classes)
     sc_init = jnp.zeros(model.latent_shape(shape[0]), jnp.float32) if self_cond else None

@@ -34,27 +34,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def fsdp_spec(shape: Sequence[int], num_devices: int, min_size: int = 2 ** 14) -> P:
   """PartitionSpec splitting the largest dimension divisible by `num_devices` (small arrays stay
   replicated: their all-gather would cost more than the memory saved)."""
-  if int(np.prod(shape)) < min_size or num_devices == 1:
+  dims = [i for i, size in enumerate(shape) if size % num_devices == 0]
+  if int(np.prod(shape)) < min_size or num_devices == 1 or not dims:
     return P()
-  for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
-    if shape[dim] % num_devices == 0:
-      spec = [None] * len(shape)
-      spec[dim] = DATA_AXIS
-      return P(*spec)
-  return P()
+  split = max(dims, key=lambda i: shape[i])  # the first of the largest
+  return P(*[DATA_AXIS if i == split else None for i in range(len(shape))])
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool) -> Any:
   """NamedShardings for every leaf of an (abstract) train state."""
   n = mesh.devices.size
-
-  def leaf_sharding(leaf):
-    shape = getattr(leaf, 'shape', ())
-    if not fsdp or len(shape) == 0:
-      return replicated(mesh)
-    return NamedSharding(mesh, fsdp_spec(shape, n))
-
-  return jax.tree.map(leaf_sharding, abstract_state)
+  spec = lambda leaf: fsdp_spec(leaf.shape, n) if fsdp else P()
+  return jax.tree.map(lambda leaf: NamedSharding(mesh, spec(leaf)), abstract_state)
 
 
 def to_host(x: Optional[jax.Array]) -> Optional[np.ndarray]:

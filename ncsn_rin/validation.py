@@ -23,12 +23,6 @@ MODEL_METHOD = {'rin': 'diffusion', 'ncsnv2': 'ncsn', 'ncsnv2_deeper': 'ncsn',
 # Resolution divisor of each network: RIN needs patches; a RefineNet halves the resolution at every
 # non-dilated 'down' stage (1, 2 and 3 of them).
 REFINENET_DIVISOR = {'ncsnv2': 2, 'ncsnv2_deeper': 4, 'ncsnv2_deepest': 8}
-DTYPES = ('float32', 'bfloat16', 'float16')
-PRED_TARGETS = ('eps', 'x', 'v')
-DIFFUSION_SAMPLERS = ('ddpm', 'ddim', 'dpm_solver++')
-DDPM_VARIANCES = ('large', 'small')
-OPTIMIZERS = ('adam', 'lamb')
-LR_DECAYS = ('constant', 'cosine')
 FID_PROTOCOLS = tuple(inception.PROTOCOLS)  # tfgan, pytorch_fid, clean
 
 
@@ -109,7 +103,8 @@ def _validate_model(config):
   _require(MODEL_METHOD[m.name] == config.method, 'model.name', m.name,
            f'a {config.method} network: ' + ', '.join(
                repr(k) for k, v in MODEL_METHOD.items() if v == config.method))
-  _one_of(config, 'model.dtype', DTYPES, "use 'bfloat16' on TPU/GPU, 'float32' on CPU")
+  _one_of(config, 'model.dtype', ('float32', 'bfloat16', 'float16'),
+          "use 'bfloat16' on TPU/GPU, 'float32' on CPU")
   if m.name == 'rin':
     _validate_rin(config)
   else:
@@ -151,15 +146,15 @@ def _validate_diffusion(config):
   _schedule(config, 'diffusion.sample_schedule')
   _number_in(config, 'diffusion.input_scale', 0., math.inf, low_open=True, high_open=True,
              fix='b = 1 is no scaling; Chen 2023 uses e.g. 0.5 at 256², 0.1 at 1024²')
-  _one_of(config, 'diffusion.pred_target', PRED_TARGETS)
+  _one_of(config, 'diffusion.pred_target', ('eps', 'x', 'v'))
   _number_in(config, 'diffusion.self_cond_rate', 0., 1.)
   _number_in(config, 'diffusion.label_dropout', 0., 1., high_open=True)
   s, d = config.sample, config.diffusion
-  _one_of(config, 'sample.method', DIFFUSION_SAMPLERS)
+  _one_of(config, 'sample.method', ('ddpm', 'ddim', 'dpm_solver++'))
   _int_at_least(config, 'sample.num_steps', 1)
   _number_in(config, 'sample.time_difference', 0., math.inf, high_open=True,
              fix='0 (none) or e.g. 0.5 steps')
-  _one_of(config, 'sample.ddpm_variance', DDPM_VARIANCES)
+  _one_of(config, 'sample.ddpm_variance', ('large', 'small'))
   _number_in(config, 'sample.guidance_scale', 0., math.inf, high_open=True)
   if s.guidance_scale != 0:
     _require(config.data.num_classes > 0 and d.label_dropout > 0, 'sample.guidance_scale',
@@ -191,10 +186,10 @@ def _validate_ncsn(config):
 
 
 def _validate_optim(config):
-  _one_of(config, 'optim.name', OPTIMIZERS)
+  _one_of(config, 'optim.name', ('adam', 'lamb'))
   _number_in(config, 'optim.learning_rate', 0., math.inf, low_open=True, high_open=True)
   _int_at_least(config, 'optim.warmup_steps', 0)
-  _one_of(config, 'optim.decay', LR_DECAYS)
+  _one_of(config, 'optim.decay', ('constant', 'cosine'))
   _number_in(config, 'optim.cosine_fraction', 0., 1., low_open=True,
              fix='1 decays to 0 at the last step; pix2seq RIN uses 0.8 (CIFAR-10), 0.7 (ImageNet)')
   _number_in(config, 'optim.weight_decay', 0., math.inf, high_open=True)

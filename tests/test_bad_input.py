@@ -230,10 +230,10 @@ def test_checkpoint_of_the_pre_fidelity_rin_names_the_change(tmp_path):
 
 def test_same_model_shape_passes_the_checkpoint_check(existing_workdir, compiled):
   config = helpers.tiny_rin_config()
-  runtime._check_checkpoint(experiment.Experiment(config), existing_workdir, config)  # pylint: disable=protected-access
+  runtime._check_checkpoint(experiment.Experiment(config), existing_workdir)  # pylint: disable=protected-access
   config.model.latent_dim = 64
   with pytest.raises(checkpoints.CheckpointShapeError):
-    runtime._check_checkpoint(experiment.Experiment(config), existing_workdir, config)  # pylint: disable=protected-access
+    runtime._check_checkpoint(experiment.Experiment(config), existing_workdir)  # pylint: disable=protected-access
   assert not compiled
 
 

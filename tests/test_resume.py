@@ -46,6 +46,7 @@ def _env(cache_dir=None):
   """
   env = helpers.subprocess_env(_KILL_DEVICES)
   env['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'  # half the compile time
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)  # not the suite's cache (tests/conftest.py)
   if cache_dir:
     env['JAX_COMPILATION_CACHE_DIR'] = cache_dir
     env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
