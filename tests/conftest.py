@@ -22,6 +22,9 @@ if _FLAG not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Two xdist workers share the two cores: a second OpenBLAS thread per process only spins against
+# the other worker (numpy's 2048² products and eigh of the FID statistics).
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # the first importer (xdist's controller)
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ncsn_rin_test_xla_cache_')
