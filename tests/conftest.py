@@ -4,8 +4,8 @@ persistent XLA compilation cache for the run.
 The environment must be set before JAX is imported anywhere, which is why it lives here.
 
 The cache: the suite builds the same tiny networks again and again — in each xdist worker and in
-every `main.py` subprocess (restarts after SIGTERM / SIGKILL, two-process runs, fid_stats then
-eval) — and on this 2-core machine compiling them costs more than running them. One cache
+every `main.py` subprocess (restarts after SIGTERM, two-process runs, fid_stats then eval;
+the SIGKILL test in test_resume.py keeps its own cache) — and on this 2-core machine compiling them costs more than running them. One cache
 directory per test run, made by the first process that imports this file (xdist's controller),
 inherited by the workers and every subprocess through the environment and removed at the end,
 lets an identical program compile once (a JAX_COMPILATION_CACHE_DIR already set is used and

@@ -5,6 +5,9 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.flatten_util
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The demo configs with a network that compiles and steps in seconds (`common.shrink_to_tiny`).
@@ -59,3 +62,11 @@ def wait_for_text(path, text, timeout=300, proc=None):
       return text in open(path).read()
     time.sleep(0.2)
   return False
+
+
+def perturbed(params, seed: int, scale: float):
+  """params + scale·N(0, 1) on every leaf (zero-initialised scales and biases included), so no
+  path of the network is an init-time no-op. One normal draw for the whole tree: a draw per leaf
+  compiles a threefry program per leaf shape (seconds)."""
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  return unravel(flat + scale * jax.random.normal(jax.random.PRNGKey(seed), flat.shape))

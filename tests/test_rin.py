@@ -5,7 +5,6 @@ import importlib
 import math
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import scipy.special
 from ncsn_rin import experiment
 from ncsn_rin.models import rin as rin_lib
 from ncsn_rin.models.rin import RIN
+from tests import helpers
 
 SMALL = dict(num_blocks=2, num_layers_per_block=2, latent_slots=12, latent_dim=32, tape_dim=16,
              latent_heads=4, rw_heads=2, latent_mlp_ratio=4, tape_mlp_ratio=2)
@@ -107,11 +107,8 @@ def tape_forward_numpy(params, x, gamma, labels, latent_prev, model):
   return out.reshape(b, s, s, 3), latents
 
 
-def _perturbed(params, seed=7, scale=0.1):
-  """Random non-init values everywhere (zero-initialised scales and biases included); one normal
-  draw for the whole tree (a draw per leaf compiles a threefry program per shape: seconds)."""
-  flat, unravel = jax.flatten_util.ravel_pytree(params)
-  return unravel(flat + scale * jax.random.normal(jax.random.PRNGKey(seed), flat.shape))
+def _perturbed(params):
+  return helpers.perturbed(params, seed=7, scale=0.1)
 
 
 def test_forward_equals_float64_transcription_of_pix2seq_tape():

@@ -2,7 +2,6 @@
 hand-over), class labels for FID (uniform, reproducible) and grids (balanced), time difference."""
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -48,10 +47,8 @@ def _conditional_config(self_cond, guidance):
 
 
 def _perturbed_params(exp):
-  """Random non-init values (so the self-conditioning and class paths are not no-ops); one normal
-  draw for the whole tree (a draw per leaf compiles a threefry program per shape)."""
-  flat, unravel = jax.flatten_util.ravel_pytree(exp.init_state()['ema_params'])
-  return unravel(flat + 0.2 * jax.random.normal(jax.random.PRNGKey(1), flat.shape))
+  """Random non-init values (so the self-conditioning and class paths are not no-ops)."""
+  return helpers.perturbed(exp.init_state()['ema_params'], seed=1, scale=0.2)
 
 
 @pytest.mark.parametrize('self_cond', [True, False])
