@@ -13,7 +13,12 @@ The logic lives in `ncsn_rin/` (importable from tests and notebooks); this file 
 import re
 import sys
 
-from absl import app
+from ncsn_rin import allocator
+
+if __name__ == '__main__':  # before the heavy imports: re-executes under jemalloc where installed
+  allocator.maybe_reexec()
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -80,8 +85,8 @@ def main(argv):
     config.eval.inception_weights = _INCEPTION_WEIGHTS.value
   try:
     runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    logging.info('mode=%s workdir=%s config=%s', _MODE.value, _WORKDIR.value,
-                 flags.FLAGS['config'].config_filename)
+    logging.info('mode=%s workdir=%s config=%s host allocator=%s', _MODE.value, _WORKDIR.value,
+                 flags.FLAGS['config'].config_filename, allocator.active())
     runtime.run(_MODE.value, config, _WORKDIR.value)
   except validation.UserError as e:
     if _DEBUG.value:

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_rin import allocator
+
 MB = 2 ** 20
 
 
@@ -57,6 +59,7 @@ def machine_info() -> Dict[str, Any]:
       'python': sys.version.split()[0],
       'jax': jax.__version__,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'allocator': allocator.active(),
       'load_average_start': load_average(),
   }
 

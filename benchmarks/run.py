@@ -33,6 +33,12 @@ import sys
 import traceback
 from typing import Any, Callable, Dict, List
 
+from ncsn_rin import allocator
+
+if __name__ == '__main__':  # before JAX starts: re-executes under jemalloc where installed
+  allocator.maybe_reexec()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import cases as cases_lib
 from benchmarks import measure
 from benchmarks import report
