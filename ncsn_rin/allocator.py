@@ -4,18 +4,19 @@ Why. XLA:CPU allocates every execution's temporary buffers afresh (gigabytes for
 RIN CIFAR-10 shape at batch 32, 7.3 GB peak) and frees them when the step ends. glibc serves
 allocations above its 32 MB mmap ceiling with mmap/munmap, so each step page-faults its whole
 working set in again: 5.7M minor faults and 33 s of kernel time in a 96 s run of 4 RIN steps
-(2026-12-03, this 2-core CPU). jemalloc keeps freed pages for reuse; with it the same step went from
-13.1 s to 8.8 s, and the NCSNv2 step at batch 16 from 6.9 s to 6.0 s. The
+(2026-12-03, this 2-core CPU). jemalloc keeps freed pages for reuse; with it the same step took 8.8–9.9 s
+(13.1 s under glibc), the NCSNv2 step at batch 16 6.8–7.2 s (7.5 s), and 300 steps of the RIN
+digits demo 88 s (160 s). The
 numbers the program computes do not change (the allocator only decides where buffers live).
 
 How. `maybe_reexec()` is the first thing `main.py` and `benchmarks/run.py` do: on Linux, when
 jemalloc is installed (Debian/Ubuntu: `apt install libjemalloc2`) and not already preloaded, it
 re-executes the same command (`os.execve`: same PID, argv and environment) with `LD_PRELOAD` set,
 as PyTorch's CPU launcher does. `MALLOC_CONF` (`JEMALLOC_CONF`) keeps freed pages for reuse (dirty
-and muzzy decay off) in one arena: jemalloc's defaults hand large buffers back at once (no speed-up
-measured), and with an arena per thread each arena kept its own peak (the RIN step above: 12.5 GB
-peak RSS against 7.3 GB under glibc; one arena: 7.3 GB). The process's footprint stays at its peak,
-which a training process reaches every step anyway.
+and muzzy decay off; jemalloc's defaults hand large buffers back at once, which measured no faster
+than glibc) in one arena. The footprint stays near the peak, which a training process reaches every
+step anyway, but the peak varies between runs: the RIN step above peaked at 7.2–7.9 GB in four runs
+and 12.4–12.5 GB in two (glibc: 7.3 GB), with one arena or one per thread alike.
 `NCSN_RIN_ALLOCATOR=system` keeps glibc; `NCSN_RIN_ALLOCATOR=/path/to/lib.so` preloads that library.
 """
 
