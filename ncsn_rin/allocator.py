@@ -4,10 +4,10 @@ Why. XLA:CPU allocates every execution's temporary buffers afresh (gigabytes for
 RIN CIFAR-10 shape at batch 32, 7.3 GB peak) and frees them when the step ends. glibc serves
 allocations above its 32 MB mmap ceiling with mmap/munmap, so each step page-faults its whole
 working set in again: 5.7M minor faults and 33 s of kernel time in a 96 s run of 4 RIN steps
-(2026-12-03, this 2-core CPU). jemalloc keeps freed pages for reuse; with it the same step took 8.8–9.9 s
-(13.1 s under glibc), the NCSNv2 step at batch 16 6.8–7.2 s (7.5 s), and 300 steps of the RIN
-digits demo 88 s (160 s). The
-numbers the program computes do not change (the allocator only decides where buffers live).
+(2026-12-03, this 2-core CPU). jemalloc keeps freed pages for reuse; with it the same step took
+8.8–9.9 s (13.1 s under glibc), the NCSNv2 step at batch 16 6.8–7.2 s (7.5 s), and 300 steps of
+the RIN digits demo 88 s (160 s). The numbers the program computes do not change (the allocator only
+decides where buffers live).
 
 How. `maybe_reexec()` is the first thing `main.py` and `benchmarks/run.py` do: on Linux, when
 jemalloc is installed (Debian/Ubuntu: `apt install libjemalloc2`) and not already preloaded, it
