@@ -6,12 +6,12 @@ code, neither of which the project or its tests use:
 Prints the median and best of ITERS steps after one warm-up (`fwd`: one score evaluation instead).
 """
 
-import resource
 import sys
-import time
 import types
 
 import torch
+
+import timing  # benchmarks/reference/timing.py (this script's folder is on sys.path)
 import yaml
 
 repo, batch, iters = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -52,15 +52,9 @@ def step():
   return loss
 
 
-step()
-times = []
-for _ in range(iters):
-  start = time.perf_counter()
-  step()
-  times.append(time.perf_counter() - start)
-times.sort()
+median, best = timing.time_steps(step, iters)
 print(f'reference ncsnv2 batch {batch} {"forward" if forward_only else "step"}: median '
-      f'{times[len(times) // 2]:.3f} s, best {times[0]:.3f} s; torch {torch.__version__}, '
+      f'{median:.3f} s, best {best:.3f} s; torch {torch.__version__}, '
       f'{torch.get_num_threads()} threads, '
       f'{sum(p.numel() for p in score.parameters()):,} params, peak RSS '
-      f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB', flush=True)
+      f'{timing.peak_rss_gb():.2f} GB', flush=True)

@@ -1,18 +1,18 @@
 r"""This project's compiled train step (or loss forward) at the reference scripts' shapes, timed the
-same way (one warm-up, then the median and best of ITERS), for `side_by_side.sh`:
+same way (`timing.py`), for `side_by_side.sh`:
     python -m benchmarks.reference.project_step ncsnv2|rin BATCH ITERS [fwd]
-The network is configs/ncsnv2_cifar10.py or configs/rin_cifar10.py in float32; the state is random
+`fwd` times the loss alone (for RIN that is both passes, the self-conditioning one included, so it
+is not comparable with `rin_step.py fwd`, one network call). The network is configs/ncsnv2_cifar10.py or configs/rin_cifar10.py in float32; the state is random
 (`benchmarks/train_step.py`). Run it as its own process: it does not re-execute under jemalloc, so
 the caller's LD_PRELOAD decides the allocator (printed).
 """
 
-import resource
 import sys
-import time
 
 import jax
 
 from benchmarks import train_step
+from benchmarks.reference import timing
 from configs import ncsnv2_cifar10
 from configs import rin_cifar10
 from ncsn_rin import allocator
@@ -40,17 +40,11 @@ def main(argv):
     def run():
       carry['state'], metrics = compiled(carry['state'], batch_arrays)
       return metrics
-  jax.block_until_ready(run())
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    jax.block_until_ready(run())
-    times.append(time.perf_counter() - start)
-  times.sort()
+  median, best = timing.time_steps(lambda: jax.block_until_ready(run()), iters)
   print(f'project {name} batch {batch} {"forward" if forward_only else "step"}: median '
-        f'{times[len(times) // 2]:.3f} s, best {times[0]:.3f} s; jax {jax.__version__}, '
+        f'{median:.3f} s, best {best:.3f} s; jax {jax.__version__}, '
         f'allocator {allocator.active()}, {exp.param_count():,} params, peak RSS '
-        f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB', flush=True)
+        f'{timing.peak_rss_gb():.2f} GB', flush=True)
 
 
 if __name__ == '__main__':

@@ -7,13 +7,13 @@ the project and its tests never use:
     python benchmarks/reference/rin_step.py BATCH ITERS [fwd]
 """
 
-import resource
 import sys
-import time
 
 from rin_pytorch import GaussianDiffusion
 from rin_pytorch import RIN
 import torch
+
+import timing  # benchmarks/reference/timing.py (this script's folder is on sys.path)
 
 batch, iters = int(sys.argv[1]), int(sys.argv[2])
 forward_only = sys.argv[3:] == ['fwd']
@@ -40,14 +40,8 @@ def step():
   return loss
 
 
-step()
-times = []
-for _ in range(iters):
-  start = time.perf_counter()
-  step()
-  times.append(time.perf_counter() - start)
-times.sort()
+median, best = timing.time_steps(step, iters)
 print(f'reference rin batch {batch} {"forward" if forward_only else "step"}: median '
-      f'{times[len(times) // 2]:.3f} s, best {times[0]:.3f} s; torch {torch.__version__}, '
+      f'{median:.3f} s, best {best:.3f} s; torch {torch.__version__}, '
       f'{torch.get_num_threads()} threads, {sum(p.numel() for p in model.parameters()):,} params, '
-      f'peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB', flush=True)
+      f'peak RSS {timing.peak_rss_gb():.2f} GB', flush=True)
