@@ -2,7 +2,8 @@ r"""This project's compiled train step (or loss forward) at the reference script
 same way (`timing.py`), for `side_by_side.sh`:
     python -m benchmarks.reference.project_step ncsnv2|rin BATCH ITERS [fwd]
 `fwd` times the loss alone (for RIN that is both passes, the self-conditioning one included, so it
-is not comparable with `rin_step.py fwd`, one network call). The network is configs/ncsnv2_cifar10.py or configs/rin_cifar10.py in float32; the state is random
+is not comparable with `rin_step.py fwd`, one network call). The network is
+configs/ncsnv2_cifar10.py or configs/rin_cifar10.py in float32; the state is random
 (`benchmarks/train_step.py`). Run it as its own process: it does not re-execute under jemalloc, so
 the caller's LD_PRELOAD decides the allocator (printed).
 """
