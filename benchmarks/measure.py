@@ -197,13 +197,17 @@ def peak_memory(reset_ok: bool) -> Dict[str, Any]:
 
 def release_memory():
   """Frees what earlier cases left behind: Python garbage, JAX's compiled-program caches, and
-  (glibc) free heap pages still counted in the resident set (`malloc_trim`)."""
+  free heap pages still counted in the resident set: glibc's (`malloc_trim`) and, under jemalloc
+  (`ncsn_rin/allocator.py` keeps freed pages), every arena's (`mallctl arena.<all>.purge`)."""
   gc.collect()
   jax.clear_caches()
   try:
     ctypes.CDLL('libc.so.6').malloc_trim(0)
   except (OSError, AttributeError):  # not glibc
     pass
+  mallctl = getattr(ctypes.CDLL(None), 'mallctl', None)  # only where jemalloc is loaded
+  if mallctl is not None:
+    mallctl(b'arena.4096.purge', None, None, None, ctypes.c_size_t(0))  # 4096: MALLCTL_ARENAS_ALL
 
 
 class PeakMemory:
@@ -215,8 +219,8 @@ class PeakMemory:
 
   def __enter__(self):
     release_memory()
-    self._start_mb = current_rss_mb()
     self._reset_ok = reset_peak_memory()
+    self._start_mb = current_rss_mb()  # after the reset, so the peak (VmHWM) is never below it
     self.result = {}
     return self
 

@@ -78,7 +78,8 @@ def markdown(result: Dict[str, Any]) -> str:
   peak = result.get('matmul_peak')
   parts = [f"Command: `{result['command']}`  ",
            f"Date: {m['date']}; {m['platform']} ({m['device_kind']}, {m['num_devices']} device(s), "
-           f"{m['cpu_count']} CPU cores); JAX {m['jax']}; load average at start "
+           f"{m['cpu_count']} CPU cores); JAX {m['jax']}; host allocator "
+           f"{m.get('allocator', 'glibc')}; load average at start "
            f"{m['load_average_start']}, at end {m.get('load_average_end')}."]
   if peak:
     parts.append(f"\nReference peak: float32 matmul {peak['size']}² → "
