@@ -23,7 +23,7 @@ and 12.4–12.5 GB in two (glibc: 7.3 GB), with one arena or one per thread alik
 import ctypes.util
 import os
 import sys
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 ENV_VAR = 'NCSN_RIN_ALLOCATOR'
 JEMALLOC_CONF = 'narenas:1,dirty_decay_ms:-1,muzzy_decay_ms:-1'
@@ -58,11 +58,6 @@ def preload_env(environ: Mapping[str, str], platform: str = sys.platform,
   return env
 
 
-def _command() -> List[str]:
-  """This process's command line as started (`python -m pkg.mod ...` included)."""
-  return list(getattr(sys, 'orig_argv', None) or [sys.executable] + sys.argv)
-
-
 def maybe_reexec():
   """Re-executes this process under jemalloc when `preload_env` says so; otherwise returns."""
   env = preload_env(os.environ, library=None if os.environ.get(ENV_VAR) else find_jemalloc())
@@ -70,7 +65,7 @@ def maybe_reexec():
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, _command(), env)
+  os.execve(sys.executable, sys.orig_argv, env)  # the command as started, `-m pkg.mod` included
 
 
 def active() -> str:
