@@ -155,6 +155,35 @@ def test_op_profile_times_the_programs_own_instructions():
   assert result['traced_ms'] == pytest.approx(sum(times['ms'].values()))
 
 
+def test_span_of_an_asynchronous_instruction_ends_at_its_end_event():
+  """Start to `end:` event, less what ran inline on the end's thread; k-th start with k-th end;
+  an instruction without end events keeps its own duration."""
+  events = [
+      dict(name='dot.1', ts=0, dur=3, tid=1),           # dispatch only; the work ends at 50
+      dict(name='fusion.2', ts=40, dur=8, tid=2),       # ran inline before dot.1's end event
+      dict(name='end: dot.1', ts=50, dur=1, tid=2),
+      dict(name='dot.1', ts=100, dur=2, tid=1),         # the second execution: 100 -> 130
+      dict(name='end: dot.1', ts=129, dur=1, tid=1),
+      dict(name='fusion.3', ts=60, dur=5, tid=1),       # no end event: its own duration
+      dict(name='end: unknown.9', ts=70, dur=1, tid=1),
+  ]
+  spans = op_profile.instruction_span_us(events, {'dot.1', 'fusion.2', 'fusion.3'})
+  assert spans == {'dot.1': (51 - 8) + 30, 'fusion.2': 8, 'fusion.3': 5}
+
+
+def test_op_profile_times_eigen_dots_to_their_end():
+  """The lhs-transposed product runs on XLA:CPU's thread pool (an Eigen dot thunk): timed to its
+  end event it is most of the wall time, not the dispatch's few percent."""
+  h, dy = jnp.ones((4096, 512)), jnp.ones((4096, 2048))
+  product = lambda a, b: jax.lax.dot_general(a, b, (((0,), (0,)), ((), ()))) * 2.
+  compiled = jax.jit(product).lower(h, dy).compile()
+  jax.block_until_ready(compiled(h, dy))
+  times = op_profile.op_times(compiled.as_text(), lambda: compiled(h, dy), runs=2)
+  dots = [ms for name, ms in times['ms'].items() if times['instructions'][name].opcode == 'dot'
+          or op_profile.classify(times['instructions'][name]).startswith('dot')]
+  assert len(dots) == 1 and dots[0] > 0.5 * times['wall_ms'], times
+
+
 def test_markdown_table_formats_missing_values():
   text = report.table(['a', 'b', 'c'], [['x', None, 1234.5], ['y', 0.01234, 7]])
   assert text.splitlines()[0] == '| a | b | c |'
