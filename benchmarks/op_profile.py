@@ -23,7 +23,7 @@ gradients that YNNPACK does not take) on its thread pool: their event covers onl
 (3 ms of a 49 ms [4096, 512]ᵀ × [4096, 2048] product, 2026-12-03), and the work ends at the
 instruction's `end: NAME` event. Every instruction has one; its time here is the span from its start
 to its end event less the instructions that ran inline on the end event's thread in between (the
-end event is recorded after the continuations it triggers). `instruction_span_ms` does this.
+end event is recorded after the continuations it triggers). `instruction_span_us` does this.
 """
 
 import bisect

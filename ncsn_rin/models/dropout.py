@@ -58,7 +58,8 @@ def _threefry_key_words(key):
 
 
 def _row_major_index(shape):
-  """uint32 [*shape]: each element's row-major index (the caller ensures it fits in 32 bits)."""
+  """uint32 [*shape]: each element's row-major index (the caller ensures it fits in 32 bits), as a
+  sum of per-dimension iotas like JAX's own `iota_2x32_shape`, so a sharded batch stays sharded."""
   index = jnp.zeros(shape, jnp.uint32)
   stride = 1
   for dim in reversed(range(len(shape))):
